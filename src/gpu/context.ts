@@ -207,7 +207,7 @@ export class GpuContext {
   /** Queue a host → device copy (no round trip; ordered before the next submit). */
   write(buf: GPUBuffer, data: ArrayBufferView, offset = 0): void {
     // writeBuffer needs a multiple of 4 bytes; pad the tail with zeros
-    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength)
     if (bytes.byteLength % 4 === 0) this.device.queue.writeBuffer(buf, offset, bytes)
     else {
       const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4)
