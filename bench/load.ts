@@ -48,7 +48,9 @@ export async function makeBigCheckpoint(dir: string): Promise<number> {
     const file = `model-${String(s + 1).padStart(5, "0")}-of-${String(shards).padStart(5, "0")}.safetensors`
     const tensors: { name: string; dtype: "F32"; shape: number[]; data: Float32Array }[] = []
     const add = (name: string, shape: number[]) => {
-      const data = name.endsWith("norm.weight") ? new Float32Array(shape[0]).fill(1) : fill(shape.reduce((a, b) => a * b))
+      const data = name.endsWith("norm.weight")
+        ? new Float32Array(shape[0]).fill(1)
+        : fill(shape.reduce((a, b) => a * b))
       tensors.push({ name, dtype: "F32", shape, data })
       weightMap[name] = file
       total += data.byteLength
@@ -84,11 +86,15 @@ export interface LoadFigures {
 }
 
 /** Loads `dir` in a child process (bench/load_child.ts) and returns its figures. */
-export async function measureLoad(dir: string, load8bit: boolean): Promise<LoadFigures> {
+export async function measureLoad(
+  dir: string,
+  load8bit: boolean,
+  mode: "device" | "stream" = "device",
+): Promise<LoadFigures> {
   const child = new URL("./load_child.ts", import.meta.url).pathname
   const preload = new URL("../src/no_async_hooks.ts", import.meta.url).pathname
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--preload", preload, child, dir, String(load8bit)],
+    args: ["run", "-A", "--preload", preload, child, dir, String(load8bit), mode],
     stdout: "piped",
     stderr: "inherit",
   }).output()

@@ -6,8 +6,11 @@
 import { Effect, Layer } from "effect"
 import { Device } from "../actors/device.ts"
 import { WeightCache } from "../actors/weight_cache.ts"
+import { streamLlamaTensors } from "../src/model/checkpoint.ts"
+import { readLlamaConfig } from "../src/model/hf_config.ts"
+import { quantizeRows } from "../src/model/quantize.ts"
 
-const [dir, load8bitText] = Deno.args
+const [dir, load8bitText, mode] = Deno.args
 const load8bit = load8bitText === "true"
 const peakRss = () => {
   const m = Deno.readTextFileSync("/proc/self/status").match(/VmHWM:\s+(\d+) kB/)
@@ -22,6 +25,26 @@ const program = Effect.gen(function* () {
   const mem = yield* device.memory
   return mem.bytes
 })
+if (mode === "stream") {
+  // the loader alone: read (and quantise) tensor by tensor, upload nothing
+  const config = await readLlamaConfig(dir)
+  let n = 0
+  for await (const t of streamLlamaTensors(dir, config)) {
+    if (load8bit && t.kind === "layer" && t.shape.length === 2) quantizeRows(t.data, t.shape[0], t.shape[1])
+    n += t.data.byteLength
+  }
+  console.log(
+    JSON.stringify({
+      load8bit,
+      baseBytes: 0,
+      byCategory: {},
+      peakRssBytes: peakRss(),
+      seconds: (performance.now() - t0) / 1000,
+      streamedBytes: n,
+    }),
+  )
+  Deno.exit(0)
+}
 const layer = WeightCache.layer().pipe(Layer.provideMerge(Device.layer("auto")))
 const bytes = await Effect.runPromise(Effect.scoped(Effect.provide(program, layer)))
 const base = bytes.base_f32 + bytes.base_int8 + bytes.base_other

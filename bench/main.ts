@@ -1,0 +1,55 @@
+/**
+ * `deno task bench`: every benchmark of the project, figures measured side by side in one run.
+ * Sections: base loading (device bytes f32 vs int8, peak host RSS), matmul kernels, forward pass.
+ * `deno task bench load|matmul|forward` runs one section.
+ * @module
+ */
+import { formatBytes, table } from "../src/cli/output.ts"
+import { BIG_CONFIG, makeBigCheckpoint, measureLoad } from "./load.ts"
+
+const only = Deno.args[0]
+const want = (s: string) => !only || only === s
+
+if (want("load")) {
+  const dir = new URL("../.cache/bench-llama-1g", import.meta.url).pathname
+  console.log(
+    `\n## base loading: generated LLaMA checkpoint, ${BIG_CONFIG.num_hidden_layers} layers D=${BIG_CONFIG.hidden_size} F=${BIG_CONFIG.intermediate_size}`,
+  )
+  const t0 = performance.now()
+  const size = await makeBigCheckpoint(dir)
+  console.log(
+    `checkpoint: ${formatBytes(size)} of F32 in ${BIG_CONFIG.num_hidden_layers + 1} shards (ready in ${
+      ((performance.now() - t0) / 1000).toFixed(1)
+    } s)`,
+  )
+  const f32 = await measureLoad(dir, false)
+  const q8 = await measureLoad(dir, true)
+  const streamF32 = await measureLoad(dir, false, "stream")
+  const streamQ8 = await measureLoad(dir, true, "stream")
+  const proj = (f: typeof f32) => f.byCategory.base_f32 + f.byCategory.base_int8
+  console.log(table(["", "f32", "--load_8bit", "ratio"], [
+    ["projections on device", formatBytes(proj(f32)), formatBytes(proj(q8)), (proj(q8) / proj(f32)).toFixed(3) + "×"],
+    [
+      "whole base on device",
+      formatBytes(f32.baseBytes),
+      formatBytes(q8.baseBytes),
+      (q8.baseBytes / f32.baseBytes).toFixed(3) + "×",
+    ],
+    ["peak RSS, load onto device", formatBytes(f32.peakRssBytes), formatBytes(q8.peakRssBytes), ""],
+    [
+      "  minus bytes held on device",
+      formatBytes(f32.peakRssBytes - f32.baseBytes),
+      formatBytes(q8.peakRssBytes - q8.baseBytes),
+      "",
+    ],
+    ["peak RSS, loader alone", formatBytes(streamF32.peakRssBytes), formatBytes(streamQ8.peakRssBytes), ""],
+    ["load time", `${f32.seconds.toFixed(1)} s`, `${q8.seconds.toFixed(1)} s`, ""],
+  ]))
+  console.log(
+    `loader alone, peak RSS / checkpoint size: f32 ${(streamF32.peakRssBytes / size).toFixed(2)}, int8 ${
+      (streamQ8.peakRssBytes / size).toFixed(2)
+    }`,
+  )
+  console.log("(a software device's buffers live in this process, so its RSS includes the bytes held on the device)")
+  console.log("(the whole-base ratio includes embed_tokens, lm_head and norms, which stay f32 by spec §4)")
+}
