@@ -1,0 +1,67 @@
+// RMSNorm, HF LlamaRMSNorm in f32, one thread per row:
+//   rstd[n] = 1 / sqrt(mean_d(x[n, d]²) + eps),   y[n, d] = w[d] · (x[n, d] · rstd[n])
+// One thread per row rather than a workgroup reduction: on lavapipe every storage or workgroup load costs a
+// per-lane loop, so a cooperative reduction only adds shared-memory traffic and barriers; a row per lane
+// reads each element exactly twice (sum of squares, then output). Four partial sums shorten the f32
+// accumulation chain (error ~ sqrt(D/4) ulp instead of sqrt(D)). D needs no alignment (e.g. 45).
+//
+// Bindings:
+//   0 dims  uniform  Dims {N, D, eps}
+//   1 y     (N, D)   f32, read_write   =   (may not alias x)
+//   2 rstd  (N)      f32, read_write   =   saved for the backward
+//   3 x     (N, D)   f32, read
+//   4 w     (D)      f32, read
+// Grid: 1-D over rows, folded into 2-D: n = (wid.y * num_workgroups.x + wid.x) * WG + lid.x.
+// Reference: src/reference/rmsnorm.ts rmsnormForward
+
+struct Dims {
+  N: u32,
+  D: u32,
+  eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rstd: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> w: array<f32>;
+
+override WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let n = (wid.y * nwg.x + wid.x) * WG + lid.x;
+  if (n >= dims.N) {
+    return;
+  }
+  let D = dims.D;
+  let o = n * D;
+  let D4 = D & ~3u;
+  var s0 = 0.0;
+  var s1 = 0.0;
+  var s2 = 0.0;
+  var s3 = 0.0;
+  for (var d = 0u; d < D4; d += 4u) {
+    let a = x[o + d];
+    let b = x[o + d + 1u];
+    let c = x[o + d + 2u];
+    let e = x[o + d + 3u];
+    s0 += a * a;
+    s1 += b * b;
+    s2 += c * c;
+    s3 += e * e;
+  }
+  for (var d = D4; d < D; d++) {
+    let a = x[o + d];
+    s0 += a * a;
+  }
+  let r = inverseSqrt(((s0 + s1) + (s2 + s3)) / f32(D) + dims.eps);
+  rstd[n] = r;
+  for (var d = 0u; d < D; d++) {
+    y[o + d] = w[d] * (x[o + d] * r);
+  }
+}

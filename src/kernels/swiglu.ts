@@ -1,0 +1,42 @@
+/**
+ * Launcher for shaders/swiglu.wgsl: h = act(g) ⊙ u.
+ * @module
+ */
+import { GpuValidationError } from "../errors.ts"
+import type { Step } from "../gpu/context.ts"
+import { ACT, type ActName } from "../reference/swiglu.ts"
+
+const WG = 64
+
+/**
+ * h (N, F) = act(g) ⊙ u for g, u (N, F), written; act "silu" (default), "gelu" (erf) or "gelu_tanh"
+ * (see `activationOf` for config.json names). h must be neither g nor u.
+ */
+export function swigluForward(
+  step: Step,
+  buffers: { h: GPUBuffer; g: GPUBuffer; u: GPUBuffer },
+  dims: { N: number; F: number; act?: ActName },
+): void {
+  const guard = (ok: boolean, reason: string) => {
+    if (!ok) throw new GpuValidationError({ label: "swiglu", reason })
+  }
+  const { N, F } = dims
+  const act = dims.act ?? "silu"
+  guard(Number.isInteger(N) && N >= 1 && Number.isInteger(F) && F >= 1, `N=${N}, F=${F} must be ≥ 1`)
+  guard(act in ACT, `unknown activation ${act}`)
+  const count = N * F
+  guard(count < 2 ** 32, `N·F = ${count} over u32`)
+  guard(buffers.h !== buffers.g && buffers.h !== buffers.u, "h aliases g or u")
+  for (const [name, buf] of Object.entries(buffers)) {
+    guard(buf.size >= count * 4, `${name} holds ${buf.size} bytes, needs N·F·4 = ${count * 4}`)
+  }
+  const ctx = step.ctx
+  const groups = Math.ceil(count / WG)
+  const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
+  step.dispatch(ctx.pipeline({ shader: "swiglu.wgsl", constants: { WG, ACT: ACT[act] } }), [
+    ctx.uniform([count]),
+    buffers.h,
+    buffers.g,
+    buffers.u,
+  ], [gx, Math.ceil(groups / gx)])
+}
