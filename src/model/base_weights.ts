@@ -10,9 +10,9 @@
  */
 import type { GpuContext } from "../gpu/context.ts"
 import { type DeviceMatrix, releaseMatrix, uploadMatrix } from "../kernels/matmul.ts"
-import { streamLlamaTensors } from "./checkpoint.ts"
+import { type LlamaTensor, streamLlamaTensors } from "./checkpoint.ts"
 import { dequantizeRows, quantizeRows } from "./quantize.ts"
-import type { HostTensor, LayerWeights, LlamaConfig, LlamaWeights, Projection } from "./types.ts"
+import { type HostTensor, type LayerWeights, type LlamaConfig, type LlamaWeights, type Projection, PROJECTIONS } from "./types.ts"
 
 export interface DeviceLayer {
   /** (D) */
@@ -44,8 +44,49 @@ export interface LoadOptions {
 /** Tensor count of a checkpoint for `config` (progress bars): 9 per layer + embed + norm (+ lm_head). */
 export const tensorCount = (c: LlamaConfig): number => 9 * c.numLayers + 2 + (c.tieWordEmbeddings ? 0 : 1)
 
+/** One tensor of the checkpoint stream, by role (see `streamLlamaTensors`). */
+type Part = Pick<LlamaTensor, "kind" | "layer" | "part" | "name" | "shape"> & { readonly data: Float32Array }
+
 /** Streams `dir` onto the device. */
-export async function uploadBase(ctx: GpuContext, dir: string, config: LlamaConfig, opts: LoadOptions): Promise<DeviceBase> {
+export function uploadBase(ctx: GpuContext, dir: string, config: LlamaConfig, opts: LoadOptions): Promise<DeviceBase> {
+  return uploadParts(ctx, config, streamLlamaTensors(dir, config), opts)
+}
+
+/** Uploads host weights (tests, generated models) exactly as `uploadBase` would load them from disk. */
+export function uploadHostBase(
+  ctx: GpuContext,
+  config: LlamaConfig,
+  weights: LlamaWeights,
+  opts: LoadOptions,
+): Promise<DeviceBase> {
+  return uploadParts(ctx, config, hostParts(config, weights), opts)
+}
+
+async function* hostParts(config: LlamaConfig, w: LlamaWeights): AsyncGenerator<Part> {
+  const t = (kind: Part["kind"], name: string, h: HostTensor, layer?: number, part?: Part["part"]): Part => ({
+    kind,
+    name,
+    layer,
+    part,
+    shape: [...h.shape],
+    data: h.data,
+  })
+  yield t("embed", "model.embed_tokens.weight", w.embed)
+  for (const [i, l] of w.layers.entries()) {
+    yield t("layer", `model.layers.${i}.input_layernorm.weight`, l.inputNorm, i, "input_norm")
+    yield t("layer", `model.layers.${i}.post_attention_layernorm.weight`, l.postAttentionNorm, i, "post_attention_norm")
+    for (const p of PROJECTIONS) yield t("layer", `model.layers.${i}.${p}.weight`, l.proj[p], i, p)
+  }
+  yield t("norm", "model.norm.weight", w.norm)
+  if (!config.tieWordEmbeddings) yield t("lm_head", "lm_head.weight", w.lmHead)
+}
+
+async function uploadParts(
+  ctx: GpuContext,
+  config: LlamaConfig,
+  parts: AsyncIterable<Part>,
+  opts: LoadOptions,
+): Promise<DeviceBase> {
   const layers = Array.from({ length: config.numLayers }, () => ({ proj: {} } as Record<string, unknown> & {
     proj: Record<string, DeviceMatrix>
   }))
@@ -53,7 +94,7 @@ export async function uploadBase(ctx: GpuContext, dir: string, config: LlamaConf
   let done = 0
   const total = tensorCount(config)
   try {
-    for await (const t of streamLlamaTensors(dir, config)) {
+    for await (const t of parts) {
       const host: HostTensor = { shape: t.shape, data: t.data }
       if (t.kind === "embed") {
         embed = ctx.upload(t.name, t.data, "base_other")
