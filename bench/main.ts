@@ -53,3 +53,22 @@ if (want("load")) {
   console.log("(a software device's buffers live in this process, so its RSS includes the bytes held on the device)")
   console.log("(the whole-base ratio includes embed_tokens, lm_head and norms, which stay f32 by spec §4)")
 }
+
+if (want("forward")) {
+  const { GpuContext } = await import("../src/gpu/context.ts")
+  const { benchForward } = await import("./forward.ts")
+  const ctx = await GpuContext.create()
+  console.log(`\n## forward pass of the embedded default model (${ctx.description})`)
+  const rows = await benchForward(ctx)
+  console.log(table(
+    ["weights", "batch", "ms / forward", "tokens/s", "round trips / forward"],
+    rows.map((r) => [
+      r.weights,
+      `${r.rows}×${r.seqLen}`,
+      r.msPerForward.toFixed(1),
+      r.tokensPerSecond.toFixed(0),
+      String(r.roundTripsPerForward),
+    ]),
+  ))
+  ctx.destroy()
+}
