@@ -10,14 +10,8 @@
  * @module
  */
 import { Context, Effect, Layer } from "effect"
-import { GpuContext, type MemoryCategory, MEMORY_CATEGORIES } from "../src/gpu/context.ts"
-import {
-  DeviceLost,
-  DeviceOutOfMemory,
-  GpuValidationError,
-  NoAdapterError,
-  ShaderCompileError,
-} from "../src/errors.ts"
+import { GpuContext, MEMORY_CATEGORIES, type MemoryCategory } from "../src/gpu/context.ts"
+import { DeviceLost, DeviceOutOfMemory, GpuValidationError, NoAdapterError, ShaderCompileError } from "../src/errors.ts"
 import { type ActorStopped, makeActor } from "./actor.ts"
 
 export type DeviceChoice = "auto" | "gpu" | "cpu"

@@ -57,7 +57,12 @@ export class WeightCache extends Context.Service<WeightCache, {
             const loadOpts = { load8bit: key.load8bit, onTensor: opts.onTensor }
             return yield* device.run(async (b): Promise<LoadedBase> =>
               b.kind === "gpu"
-                ? { kind: "gpu", config, base: await uploadBase(b.ctx, key.dir, config, loadOpts), generation: b.generation }
+                ? {
+                  kind: "gpu",
+                  config,
+                  base: await uploadBase(b.ctx, key.dir, config, loadOpts),
+                  generation: b.generation,
+                }
                 : { kind: "cpu", config, weights: await loadHostBase(key.dir, config, loadOpts), generation: 0 }
             )
           })

@@ -95,7 +95,13 @@ const cases: [string, (dir: string) => Promise<void>, RegExp][] = [
   ],
   [
     "tensor with the wrong shape for the config",
-    (d) => writeSafetensors(`${d}/model.safetensors`, [{ name: WEIGHT, dtype: "F32", shape: [2, 2], data: new Float32Array(4) }]),
+    (d) =>
+      writeSafetensors(`${d}/model.safetensors`, [{
+        name: WEIGHT,
+        dtype: "F32",
+        shape: [2, 2],
+        data: new Float32Array(4),
+      }]),
     /model\.safetensors.*model\.embed_tokens\.weight/,
   ],
   [

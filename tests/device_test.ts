@@ -69,9 +69,12 @@ Deno.test("a lost device is restarted with a new generation and fresh memory", a
 })
 
 Deno.test("--device cpu runs jobs on the reference backend", async () => {
-  const kind = await run(Effect.gen(function* () {
-    const dev = yield* Device
-    return yield* dev.run((b) => b.kind)
-  }), "cpu")
+  const kind = await run(
+    Effect.gen(function* () {
+      const dev = yield* Device
+      return yield* dev.run((b) => b.kind)
+    }),
+    "cpu",
+  )
   assert.equal(kind, "cpu")
 })

@@ -17,7 +17,7 @@ import { Rng } from "../src/util/rng.ts"
 const ctx = await GpuContext.create()
 
 /** The weights the int8 path computes with: projections quantised then dequantised. */
-function dequantised(config: LlamaConfig, w: LlamaWeights): LlamaWeights {
+function dequantised(w: LlamaWeights): LlamaWeights {
   return {
     ...w,
     layers: w.layers.map((l) => ({
@@ -54,14 +54,22 @@ async function check(config: LlamaConfig, load8bit: boolean, padSide: "left" | "
   const model = new LlamaModel(ctx, base)
   const batch = packBatch(randomSeqs(3, [13, 7, 1], config.vocabSize, seed + 1), { padSide })
   const got = await model.logits(batch)
-  const ref = referenceForward(config, load8bit ? dequantised(config, host) : host, batch)
+  const ref = referenceForward(config, load8bit ? dequantised(host) : host, batch)
   const err = maxRelErr(got, ref, batch, config.vocabSize)
   assert.ok(err <= 1e-4, `${load8bit ? "int8" : "f32"} ${padSide}: max rel err ${err}`)
   return { model, host, err }
 }
 
 // hidden 45 (not a multiple of 16), vocabulary 97 (not a multiple of 4), GQA 6/2 heads of 10
-const ODD = tinyLlamaConfig({ hiddenSize: 45, intermediateSize: 37, numHeads: 6, numKvHeads: 2, headDim: 10, vocabSize: 97, numLayers: 2 })
+const ODD = tinyLlamaConfig({
+  hiddenSize: 45,
+  intermediateSize: 37,
+  numHeads: 6,
+  numKvHeads: 2,
+  headDim: 10,
+  vocabSize: 97,
+  numLayers: 2,
+})
 
 for (const load8bit of [false, true]) {
   for (const padSide of ["left", "right"] as const) {
@@ -96,7 +104,10 @@ Deno.test("gpu forward: one queue round trip per forward; per-segment loss match
   const host = randomLlama(ODD, 21)
   const model = new LlamaModel(ctx, await uploadHostBase(ctx, ODD, host, { load8bit: false }))
   const seqs = randomSeqs(3, [13, 7, 5], ODD.vocabSize, 22)
-  const batch = { ...packBatch(seqs, { padSide: "right" }), segments: [{ start: 0, end: 1, slot: 0 }, { start: 1, end: 3, slot: 1 }] }
+  const batch = {
+    ...packBatch(seqs, { padSide: "right" }),
+    segments: [{ start: 0, end: 1, slot: 0 }, { start: 1, end: 3, slot: 1 }],
+  }
   await model.loss(batch) // warm the pipelines
   const before = ctx.roundTrips
   const [a, b] = await model.loss(batch)
@@ -137,7 +148,7 @@ Deno.test("gpu forward = reference on the embedded default model, f32 and int8",
   for (const load8bit of [false, true]) {
     const model = new LlamaModel(ctx, await uploadBase(ctx, dir, config, { load8bit }))
     const got = await model.logits(batch)
-    const ref = referenceForward(config, load8bit ? dequantised(config, host) : host, batch)
+    const ref = referenceForward(config, load8bit ? dequantised(host) : host, batch)
     const err = maxRelErr(got, ref, batch, config.vocabSize)
     assert.ok(err <= 1e-4, `default model ${load8bit ? "int8" : "f32"}: max rel err ${err}`)
   }

@@ -41,7 +41,11 @@ const info = Command.make(
           const mem = yield* dev.memory
           yield* Console.log(formatMemory(mem))
           if (mem.backend === "cpu") yield* Console.log(`(cpu backend: weights live in host memory)`)
-          else yield* Console.log(`base model on the device: ${formatBytes(mem.bytes.base_f32 + mem.bytes.base_int8 + mem.bytes.base_other)}`)
+          else {yield* Console.log(
+              `base model on the device: ${
+                formatBytes(mem.bytes.base_f32 + mem.bytes.base_int8 + mem.bytes.base_other)
+              }`,
+            )}
         }).pipe(Effect.provide(layer)),
       )
     }).pipe(reportUserErrors),

@@ -53,13 +53,16 @@ export function formatBytes(n: number): string {
 /** Left-aligned first column, right-aligned others. */
 export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)))
-  const line = (r: readonly string[]) => r.map((s, c) => c === 0 ? s.padEnd(widths[c]) : s.padStart(widths[c])).join("  ")
+  const line = (r: readonly string[]) =>
+    r.map((s, c) => c === 0 ? s.padEnd(widths[c]) : s.padStart(widths[c])).join("  ")
   return [line(header), widths.map((w) => "─".repeat(w)).join("  "), ...rows.map(line)].join("\n")
 }
 
 /** The device-memory report by category. */
 export function formatMemory(r: MemoryReport): string {
-  const rows = MEMORY_CATEGORIES.filter((c) => r.bytes[c] > 0).map((c) => [c.replace("_", " "), formatBytes(r.bytes[c])])
+  const rows = MEMORY_CATEGORIES.filter((c) => r.bytes[c] > 0).map((
+    c,
+  ) => [c.replace("_", " "), formatBytes(r.bytes[c])])
   return `device memory (${r.adapter}):\n` + table(["category", "bytes"], [...rows, ["total", formatBytes(r.total)]])
 }
 

@@ -45,7 +45,11 @@ interface Tracked {
 }
 
 /** Resources bound in order to @binding(0..n) of group 0. */
-export type Binding = GPUBuffer | GPUTextureView | { readonly buffer: GPUBuffer; readonly offset: number; readonly size: number }
+export type Binding = GPUBuffer | GPUTextureView | {
+  readonly buffer: GPUBuffer
+  readonly offset: number
+  readonly size: number
+}
 
 export class GpuContext {
   readonly pipelines = new Map<string, GPUComputePipeline>()
@@ -75,7 +79,9 @@ export class GpuContext {
 
   /** Requests an adapter and a device with the limits of the adapter (binding size, buffers, storage). */
   static async create(opts: GpuOptions = {}): Promise<GpuContext> {
-    if (!("gpu" in navigator)) throw new NoAdapterError({ reason: "this Deno has no WebGPU (run with --unstable-webgpu)" })
+    if (!("gpu" in navigator)) {
+      throw new NoAdapterError({ reason: "this Deno has no WebGPU (run with --unstable-webgpu)" })
+    }
     const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" }) ??
       await navigator.gpu.requestAdapter()
     if (!adapter) {
@@ -268,7 +274,11 @@ export class GpuContext {
     const key = Array.from(u).join(",")
     let buf = this.uniforms.get(key)
     if (!buf) {
-      buf = this.device.createBuffer({ label: "uniform", size: u.byteLength, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST })
+      buf = this.device.createBuffer({
+        label: "uniform",
+        size: u.byteLength,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      })
       this.device.queue.writeBuffer(buf, 0, u)
       this.uniforms.set(key, buf)
     }
@@ -283,9 +293,12 @@ export class GpuContext {
 
   /** Bind group 0 of `pipeline` with `bindings` at @binding(0..n), cached by resource identity. */
   bindGroup(pipeline: GPUComputePipeline, bindings: readonly Binding[]): GPUBindGroup {
-    const key = [this.idOf(pipeline), ...bindings.map((b) =>
-      "buffer" in b && !(b instanceof GPUBuffer) ? `${this.idOf(b.buffer)}@${b.offset}+${b.size}` : this.idOf(b)
-    )].join(",")
+    const key = [
+      this.idOf(pipeline),
+      ...bindings.map((b) =>
+        "buffer" in b && !(b instanceof GPUBuffer) ? `${this.idOf(b.buffer)}@${b.offset}+${b.size}` : this.idOf(b)
+      ),
+    ].join(",")
     let bg = this.bindGroups.get(key)
     if (!bg) {
       bg = this.device.createBindGroup({
@@ -330,9 +343,7 @@ export class GpuContext {
     step?: Step,
   ): Promise<ArrayBuffer[]> {
     const s = step ?? this.begin("read")
-    const parts = sources.map((src) =>
-      src instanceof GPUBuffer ? { buffer: src, offset: 0, size: src.size } : src
-    )
+    const parts = sources.map((src) => src instanceof GPUBuffer ? { buffer: src, offset: 0, size: src.size } : src)
     const total = parts.reduce((n, p) => n + Math.ceil(p.size / 4) * 4, 0)
     const staging = this.device.createBuffer({
       label: "readback",
@@ -394,12 +405,19 @@ export class Step {
   constructor(readonly ctx: GpuContext, readonly encoder: GPUCommandEncoder) {}
 
   /** Records `pipeline` over `groups` workgroups with `bindings` at @binding(0..n). */
-  dispatch(pipeline: GPUComputePipeline, bindings: readonly Binding[], groups: readonly [number, number?, number?]): void {
+  dispatch(
+    pipeline: GPUComputePipeline,
+    bindings: readonly Binding[],
+    groups: readonly [number, number?, number?],
+  ): void {
     const [x, y = 1, z = 1] = groups
     if (x === 0 || y === 0 || z === 0) return
     const max = this.ctx.limits.maxComputeWorkgroupsPerDimension
     if (x > max || y > max || z > max) {
-      throw new GpuValidationError({ label: pipeline.label, reason: `dispatch ${x}x${y}x${z} over ${max} per dimension` })
+      throw new GpuValidationError({
+        label: pipeline.label,
+        reason: `dispatch ${x}x${y}x${z} over ${max} per dimension`,
+      })
     }
     if (!this.pass) this.pass = this.encoder.beginComputePass()
     this.pass.setPipeline(pipeline)

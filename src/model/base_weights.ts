@@ -12,7 +12,14 @@ import type { GpuContext } from "../gpu/context.ts"
 import { type DeviceMatrix, releaseMatrix, uploadMatrix } from "../kernels/matmul.ts"
 import { type LlamaTensor, streamLlamaTensors } from "./checkpoint.ts"
 import { dequantizeRows, quantizeRows } from "./quantize.ts"
-import { type HostTensor, type LayerWeights, type LlamaConfig, type LlamaWeights, type Projection, PROJECTIONS } from "./types.ts"
+import {
+  type HostTensor,
+  type LayerWeights,
+  type LlamaConfig,
+  type LlamaWeights,
+  type Projection,
+  PROJECTIONS,
+} from "./types.ts"
 
 export interface DeviceLayer {
   /** (D) */

@@ -190,7 +190,11 @@ export class LlamaModel {
       this.writeBatch(bufs, batch)
       const step = this.ctx.begin("forward")
       this.encodeForward(step, bufs, batch)
-      const [out] = await this.ctx.read([{ buffer: bufs.logits, offset: 0, size: bufs.N * this.base.config.vocabSize * 4 }], step)
+      const [out] = await this.ctx.read([{
+        buffer: bufs.logits,
+        offset: 0,
+        size: bufs.N * this.base.config.vocabSize * 4,
+      }], step)
       return new Float32Array(out)
     } finally {
       this.free(bufs)
