@@ -13,6 +13,19 @@
 //   4 w     (D)      f32, read
 // Grid: 1-D over rows, folded into 2-D: n = (wid.y * num_workgroups.x + wid.x) * WG + lid.x.
 // Reference: src/reference/rmsnorm.ts rmsnormForward
+//
+// Entry `backward` (w is frozen, so only dx), one thread per row like the forward:
+//   c = rstd² · Σ_d (x ⊙ w ⊙ dy) / D,   dx[n, d] (= or +=) rstd · (w[d] · dy[n, d] − x[n, d] · c)
+// i.e. dx = rstd · (w⊙dy − x̂ · mean(x̂ ⊙ w⊙dy)) with x̂ = x · rstd. ACC = true accumulates (the residual
+// stream's gradient is a sum of the pass-through and the branch's input gradient).
+// Bindings (backward):
+//   0 dims  uniform  Dims {N, D}
+//   1 dx    (N, D)   f32, read_write   = (ACC false) or += (ACC true); may not alias dy or x
+//   2 dy    (N, D)   f32, read
+//   3 x     (N, D)   f32, read         the forward's input
+//   4 w     (D)      f32, read
+//   5 rstd  (N)      f32, read         saved by the forward
+// Grid (backward): as the forward. Reference: src/reference/rmsnorm.ts rmsnormBackward
 
 struct Dims {
   N: u32,
@@ -63,5 +76,51 @@ fn main(
   rstd[n] = r;
   for (var d = 0u; d < D; d++) {
     y[o + d] = w[d] * (x[o + d] * r);
+  }
+}
+
+@group(0) @binding(1) var<storage, read_write> b_dx: array<f32>;
+@group(0) @binding(2) var<storage, read> b_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> b_x: array<f32>;
+@group(0) @binding(4) var<storage, read> b_w: array<f32>;
+@group(0) @binding(5) var<storage, read> b_rstd: array<f32>;
+
+override ACC: bool = false;
+
+@compute @workgroup_size(WG)
+fn backward(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let n = (wid.y * nwg.x + wid.x) * WG + lid.x;
+  if (n >= dims.N) {
+    return;
+  }
+  let D = dims.D;
+  let o = n * D;
+  let D4 = D & ~3u;
+  var s0 = 0.0;
+  var s1 = 0.0;
+  var s2 = 0.0;
+  var s3 = 0.0;
+  for (var d = 0u; d < D4; d += 4u) {
+    s0 += b_x[o + d] * b_w[d] * b_dy[o + d];
+    s1 += b_x[o + d + 1u] * b_w[d + 1u] * b_dy[o + d + 1u];
+    s2 += b_x[o + d + 2u] * b_w[d + 2u] * b_dy[o + d + 2u];
+    s3 += b_x[o + d + 3u] * b_w[d + 3u] * b_dy[o + d + 3u];
+  }
+  for (var d = D4; d < D; d++) {
+    s0 += b_x[o + d] * b_w[d] * b_dy[o + d];
+  }
+  let r = b_rstd[n];
+  let c = (r * r) * (((s0 + s1) + (s2 + s3)) / f32(D));
+  for (var d = 0u; d < D; d++) {
+    let g = r * (b_w[d] * b_dy[o + d] - b_x[o + d] * c);
+    if (ACC) {
+      b_dx[o + d] = b_dx[o + d] + g;
+    } else {
+      b_dx[o + d] = g;
+    }
   }
 }

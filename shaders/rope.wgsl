@@ -9,6 +9,10 @@
 // cos/sin are taken after an explicit Cody-Waite reduction of a to [−π, π] (2π = C1 + C2 + C3, C1 with 8
 // significant bits so that k·C1 is exact for k < 2^16): WGSL only bounds sin/cos error inside [−π, π].
 //
+// Backward (INVERSE = true): the gradient of a rotation by a is the rotation by −a (its transpose), so the same
+// kernel on dq, dk with sin a negated (exactly) gives, in place,
+//   dx[i] ← dx[i] · cos a + dx[i + Dh/2] · sin a,   dx[i + Dh/2] ← dx[i + Dh/2] · cos a − dx[i] · sin a.
+//
 // Bindings:
 //   0 dims     uniform     Dims {N, T, H, KV, Dh, left, inv_freq[Dh/2] packed in vec4s}
 //   1 q        (N, H, Dh)  f32, read_write   = rope(q) in place
@@ -17,7 +21,7 @@
 // Grid: one thread per (n, head of H + KV, i < Dh/2), flat index folded into 2-D:
 //   idx = (wid.y * num_workgroups.x + wid.x) * WG + lid.x; i = idx % (Dh/2); head = idx / (Dh/2) % (H + KV);
 //   n = idx / (Dh/2) / (H + KV). Heads below H rotate q, the others k.
-// Reference: src/reference/rope.ts ropeForward (with tokenPositions from src/reference/batch.ts)
+// Reference: src/reference/rope.ts ropeForward, ropeBackward (with tokenPositions from src/reference/batch.ts)
 
 struct Dims {
   N: u32,
@@ -37,6 +41,8 @@ struct Dims {
 @group(0) @binding(3) var<storage, read> lengths: array<u32>;
 
 override WG: u32 = 64u;
+/** rotate by −a: the backward */
+override INVERSE: bool = false;
 
 const INV_2PI: f32 = 0.15915493667125702;
 const C1: f32 = 6.28125;
@@ -66,7 +72,7 @@ fn main(
   let kk = round(a * INV_2PI);
   let red = ((a - kk * C1) - kk * C2) - kk * C3;
   let c = cos(red);
-  let s = sin(red);
+  let s = select(sin(red), -sin(red), INVERSE);
   if (head < dims.H) {
     let o = (n * dims.H + head) * dims.Dh + i;
     let x1 = q[o];

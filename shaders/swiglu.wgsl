@@ -10,6 +10,21 @@
 //   3 u     (N, F)   f32, read         up_proj output
 // Grid: 1-D over count, folded into 2-D: i = (wid.y * num_workgroups.x + wid.x) * WG + lid.x.
 // Reference: src/reference/swiglu.ts swigluForward
+//
+// Entries `backward` and `backward_inplace`: dg = dh ⊙ u ⊙ act'(g), du = dh ⊙ act(g), both written, with
+//   silu'(x) = σ(x) · (1 + x · (1 − σ(x)))
+//   gelu'(x) = (1 + erf(x/√2)) / 2 + x · φ(x),  φ(x) = e^(−x²/2) / √(2π)
+//   gelu_tanh'(x) = (1 + tanh y) / 2 + x/2 · (1 − tanh² y) · √(2/π) · (1 + 3 · 0.044715 x²),  y as in act
+// Bindings (backward):
+//   0 dims  uniform  Dims {count}
+//   1 dg    (N, F)   f32, read_write   =
+//   2 du    (N, F)   f32, read_write   =
+//   3 dh    (N, F)   f32, read
+//   4 g     (N, F)   f32, read
+//   5 u     (N, F)   f32, read
+// Bindings (backward_inplace, g and u are not needed after the backward): 1 g → dg, 2 u → du (read_write,
+//   overwritten), 3 dh (read).
+// Grid: as the forward. Reference: src/reference/swiglu.ts swigluBackward
 
 struct Dims {
   count: u32,
@@ -45,6 +60,22 @@ fn act(x: f32) -> f32 {
   return x / (1.0 + exp(-x));
 }
 
+// act'(x); see activateGrad in src/reference/swiglu.ts
+fn act_grad(x: f32) -> f32 {
+  if (ACT == 1u) {
+    return 0.5 * one_plus_erf(x * 0.70710678118654752) + x * exp(-0.5 * x * x) * 0.39894228040143268;
+  }
+  if (ACT == 2u) {
+    let c = 0.79788456080286536;
+    // clamped like act (beyond |y| = 9, 1 − tanh² y is 0 in f32 either way)
+    let t = tanh(clamp(c * (x + 0.044715 * x * x * x), -10.0, 10.0));
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 0.134145 * x * x);
+  }
+  // silu; σ = 0 for x → −∞ (e^−x = inf), then 0 · (1 + x) = 0
+  let s = 1.0 / (1.0 + exp(-x));
+  return s * (1.0 + x * (1.0 - s));
+}
+
 @compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -54,5 +85,45 @@ fn main(
   let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
   if (i < dims.count) {
     h[i] = act(g[i]) * u[i];
+  }
+}
+
+@group(0) @binding(1) var<storage, read_write> b_dg: array<f32>;
+@group(0) @binding(2) var<storage, read_write> b_du: array<f32>;
+@group(0) @binding(3) var<storage, read> b_dh: array<f32>;
+@group(0) @binding(4) var<storage, read> b_g: array<f32>;
+@group(0) @binding(5) var<storage, read> b_u: array<f32>;
+
+@compute @workgroup_size(WG)
+fn backward(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+  if (i < dims.count) {
+    let x = b_g[i];
+    let dh = b_dh[i];
+    b_dg[i] = dh * b_u[i] * act_grad(x);
+    b_du[i] = dh * act(x);
+  }
+}
+
+@group(0) @binding(1) var<storage, read_write> ip_g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ip_u: array<f32>;
+@group(0) @binding(3) var<storage, read> ip_dh: array<f32>;
+
+@compute @workgroup_size(WG)
+fn backward_inplace(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
+  if (i < dims.count) {
+    let x = ip_g[i];
+    let dh = ip_dh[i];
+    ip_g[i] = dh * ip_u[i] * act_grad(x);
+    ip_u[i] = dh * act(x);
   }
 }

@@ -1,5 +1,6 @@
 /**
- * Launcher for shaders/attention.wgsl: causal grouped-query attention over packed padded rows.
+ * Launchers for shaders/attention.wgsl (causal grouped-query attention over packed padded rows) and
+ * shaders/attention_backward.wgsl (its input gradients, deterministic: no float atomics).
  * @module
  */
 import { GpuValidationError } from "../errors.ts"
@@ -55,4 +56,81 @@ export function attentionForward(
     buffers.v,
     buffers.lengths,
   ], [Math.ceil(T / (QUERIES_PER_THREAD * WG)), H, rows])
+}
+
+/**
+ * dq (N, H, Dh), dk and dv (N, KV, Dh), all written, of L = Σ dout ⊙ out, from the forward's inputs q, k, v
+ * (after rope), its saved out (N, H, Dh) and lse (rows, H, T), and dout (N, H, Dh). dk and dv sum over the H/KV
+ * query heads of each kv head. Pad queries contribute nothing (their dout is never read) and get dq = 0; pad keys
+ * get dk = dv = 0. `stats` (rows, H, T, 2) f32 is scratch (lse, Δ = rowsum(dout ⊙ out) per query).
+ *
+ * Three dispatches: delta (stats), dq (a thread per 4 queries over their keys), dkdv (a thread per 4 keys over
+ * their queries, head by head); each output element is summed by one thread in a fixed order, so two runs on the
+ * same inputs give the same bits.
+ */
+export function attentionBackward(
+  step: Step,
+  buffers: {
+    dq: GPUBuffer
+    dk: GPUBuffer
+    dv: GPUBuffer
+    dout: GPUBuffer
+    q: GPUBuffer
+    k: GPUBuffer
+    v: GPUBuffer
+    out: GPUBuffer
+    lse: GPUBuffer
+    lengths: GPUBuffer
+    stats: GPUBuffer
+  },
+  dims: { rows: number; T: number; H: number; KV: number; Dh: number; padSide: "left" | "right" },
+): void {
+  const guard = (ok: boolean, reason: string) => {
+    if (!ok) throw new GpuValidationError({ label: "attention backward", reason })
+  }
+  const { rows, T, H, KV, Dh } = dims
+  for (const [key, n] of Object.entries({ rows, T, H, KV, Dh })) {
+    guard(Number.isInteger(n) && n >= 1, `${key}=${n} must be an integer ≥ 1`)
+  }
+  guard(H % KV === 0, `H=${H} is not a multiple of KV=${KV}`)
+  const N = rows * T
+  guard(N * H * Dh < 2 ** 32 && 2 * rows * H * T < 2 ** 32, `N·H·Dh = ${N * H * Dh} over u32`)
+  const { dq, dk, dv, dout, q, k, v, out, lse, lengths, stats } = buffers
+  const need: [string, GPUBuffer, number][] = [
+    ["dq", dq, N * H * Dh],
+    ["dk", dk, N * KV * Dh],
+    ["dv", dv, N * KV * Dh],
+    ["dout", dout, N * H * Dh],
+    ["q", q, N * H * Dh],
+    ["k", k, N * KV * Dh],
+    ["v", v, N * KV * Dh],
+    ["out", out, N * H * Dh],
+    ["lse", lse, rows * H * T],
+    ["lengths", lengths, rows],
+    ["stats", stats, 2 * rows * H * T],
+  ]
+  for (const [name, buf, n] of need) guard(buf.size >= n * 4, `${name} holds ${buf.size} bytes, needs ${n * 4}`)
+  const outputs = [dq, dk, dv, stats]
+  guard(new Set(outputs).size === outputs.length, "dq, dk, dv and stats must be four buffers")
+  const inputs = [dout, q, k, v, out, lse, lengths]
+  guard(!outputs.some((b) => inputs.includes(b)), "an output aliases an input")
+  const ctx = step.ctx
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension
+  guard(H <= max && rows <= max, `H=${H} or rows=${rows} over ${max} workgroups`)
+  const uniform = ctx.uniform([rows, T, H, KV, Dh, dims.padSide === "left" ? 1 : 0], [1 / Math.sqrt(Dh)])
+  const shader = "attention_backward.wgsl"
+  // delta: one thread per (row, head, query), 64 per workgroup
+  const groups = Math.ceil((rows * H * T) / 64)
+  const gx = Math.min(groups, max)
+  step.dispatch(ctx.pipeline({ shader, entryPoint: "delta" }), [uniform, stats, dout, out, lse, lengths], [
+    gx,
+    Math.ceil(groups / gx),
+  ])
+  // as the forward: one 8-lane SIMD group per workgroup on lavapipe
+  const WG = ctx.isSoftware ? 8 : 32
+  const constants = { WG, ALIGNED: Dh % 4 === 0 ? 1 : 0 }
+  const blocks = Math.ceil(T / (QUERIES_PER_THREAD * WG))
+  const shared = [uniform, q, k, v, dout, stats, lengths]
+  step.dispatch(ctx.pipeline({ shader, entryPoint: "dq_main", constants }), [...shared, dq], [blocks, H, rows])
+  step.dispatch(ctx.pipeline({ shader, entryPoint: "dkdv", constants }), [...shared, dk, dv], [blocks, KV, rows])
 }

@@ -1,5 +1,6 @@
 /**
- * Launcher for shaders/rmsnorm.wgsl: y = x · rsqrt(mean(x²) + eps) · w, one thread per row.
+ * Launchers for shaders/rmsnorm.wgsl: y = x · rsqrt(mean(x²) + eps) · w and its input gradient, one thread per
+ * row each.
  * @module
  */
 import { GpuValidationError } from "../errors.ts"
@@ -38,4 +39,40 @@ export function rmsnormForward(
     buffers.x,
     buffers.w,
   ], [gx, Math.ceil(groups / gx)])
+}
+
+/**
+ * dx (N, D) = rstd · (w⊙dy − x̂ · mean(x̂ ⊙ w⊙dy)), x̂ = x · rstd, written, or added to dx with `accumulate`
+ * (the residual stream's gradient). Same buffers as `rmsnormForward`: dy (N, D), x (N, D) its input, w (D),
+ * rstd (N) it saved. w is frozen: no dw. dx must be neither dy nor x.
+ */
+export function rmsnormBackward(
+  step: Step,
+  buffers: { dx: GPUBuffer; dy: GPUBuffer; x: GPUBuffer; w: GPUBuffer; rstd: GPUBuffer },
+  dims: { N: number; D: number; accumulate?: boolean },
+): void {
+  const guard = (ok: boolean, reason: string) => {
+    if (!ok) throw new GpuValidationError({ label: "rmsnorm backward", reason })
+  }
+  const { N, D } = dims
+  guard(Number.isInteger(N) && N >= 1 && Number.isInteger(D) && D >= 1, `N=${N}, D=${D} must be ≥ 1`)
+  guard(N * D < 2 ** 32, `N·D = ${N * D} over u32`)
+  guard(buffers.dx !== buffers.dy && buffers.dx !== buffers.x, "dx aliases dy or x")
+  for (const name of ["dx", "dy", "x"] as const) {
+    guard(buffers[name].size >= N * D * 4, `${name} holds ${buffers[name].size} bytes, needs N·D·4 = ${N * D * 4}`)
+  }
+  guard(buffers.rstd.size >= N * 4, `rstd holds ${buffers.rstd.size} bytes, needs N·4 = ${N * 4}`)
+  guard(buffers.w.size >= D * 4, `w holds ${buffers.w.size} bytes, needs D·4 = ${D * 4}`)
+  const ctx = step.ctx
+  const groups = Math.ceil(N / WG)
+  const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
+  const pipeline = ctx.pipeline({
+    shader: "rmsnorm.wgsl",
+    entryPoint: "backward",
+    constants: { WG, ACC: dims.accumulate ? 1 : 0 },
+  })
+  step.dispatch(pipeline, [ctx.uniform([N, D]), buffers.dx, buffers.dy, buffers.x, buffers.w, buffers.rstd], [
+    gx,
+    Math.ceil(groups / gx),
+  ])
 }

@@ -1,5 +1,6 @@
 /**
- * Launcher for shaders/rope.wgsl: rotary embedding of q and k in place, one dispatch for both.
+ * Launcher for shaders/rope.wgsl: rotary embedding of q and k in place, one dispatch for both, and its backward
+ * (the rotation by −angle, in place on dq and dk).
  * @module
  */
 import { GpuValidationError } from "../errors.ts"
@@ -10,6 +11,17 @@ const WG = 64
 /** inv_freq slots in the uniform (array<vec4<f32>, 32>), so Dh ≤ 256 */
 const MAX_HALF = 128
 
+/** rows, T, H, KV, Dh of the batch, rope theta and the batch's pad side. */
+export interface RopeDims {
+  readonly rows: number
+  readonly T: number
+  readonly H: number
+  readonly KV: number
+  readonly Dh: number
+  readonly theta: number
+  readonly padSide: "left" | "right"
+}
+
 /**
  * q (N, H, Dh) and k (N, KV, Dh), N = rows · T, rotated in place by each token's position counted from its
  * row's first real token (`lengths` (rows) u32, `padSide` as in the batch). inv_freq = 1/theta^(2i/Dh) is
@@ -18,10 +30,31 @@ const MAX_HALF = 128
 export function ropeForward(
   step: Step,
   buffers: { q: GPUBuffer; k: GPUBuffer; lengths: GPUBuffer },
-  dims: { rows: number; T: number; H: number; KV: number; Dh: number; theta: number; padSide: "left" | "right" },
+  dims: RopeDims,
+): void {
+  rope(step, buffers, dims, { inverse: false })
+}
+
+/**
+ * dq (N, H, Dh) and dk (N, KV, Dh) rotated in place by −angle of each token (the transpose of `ropeForward`'s
+ * rotation): the gradients with respect to q and k before rope. Same dims as the forward.
+ */
+export function ropeBackward(
+  step: Step,
+  buffers: { dq: GPUBuffer; dk: GPUBuffer; lengths: GPUBuffer },
+  dims: RopeDims,
+): void {
+  rope(step, { q: buffers.dq, k: buffers.dk, lengths: buffers.lengths }, dims, { inverse: true })
+}
+
+function rope(
+  step: Step,
+  buffers: { q: GPUBuffer; k: GPUBuffer; lengths: GPUBuffer },
+  dims: RopeDims,
+  opts: { inverse: boolean },
 ): void {
   const guard = (ok: boolean, reason: string) => {
-    if (!ok) throw new GpuValidationError({ label: "rope", reason })
+    if (!ok) throw new GpuValidationError({ label: opts.inverse ? "rope backward" : "rope", reason })
   }
   const { rows, T, H, KV, Dh, theta } = dims
   for (const [key, n] of Object.entries({ rows, T, H, KV, Dh })) {
@@ -42,7 +75,7 @@ export function ropeForward(
   const uniform = ctx.uniform([N, T, H, KV, Dh, dims.padSide === "left" ? 1 : 0, 0, 0], Array.from(invFreq))
   const groups = Math.ceil(threads / WG)
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
-  step.dispatch(ctx.pipeline({ shader: "rope.wgsl", constants: { WG } }), [
+  step.dispatch(ctx.pipeline({ shader: "rope.wgsl", constants: opts.inverse ? { WG, INVERSE: 1 } : { WG } }), [
     uniform,
     buffers.q,
     buffers.k,

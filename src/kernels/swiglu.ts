@@ -1,5 +1,5 @@
 /**
- * Launcher for shaders/swiglu.wgsl: h = act(g) ⊙ u.
+ * Launchers for shaders/swiglu.wgsl: h = act(g) ⊙ u and its backward dg = dh ⊙ u ⊙ act'(g), du = dh ⊙ act(g).
  * @module
  */
 import { GpuValidationError } from "../errors.ts"
@@ -39,4 +39,42 @@ export function swigluForward(
     buffers.g,
     buffers.u,
   ], [gx, Math.ceil(groups / gx)])
+}
+
+/**
+ * dg = dh ⊙ u ⊙ act'(g) and du = dh ⊙ act(g), all (N, F), written. Same buffers as `swigluForward` (dh in place
+ * of h). With dg = g and du = u (both, the same buffers) the gradients overwrite g and u in place, which the
+ * backward no longer needs; otherwise dg and du must alias none of dh, g, u.
+ */
+export function swigluBackward(
+  step: Step,
+  buffers: { dg: GPUBuffer; du: GPUBuffer; dh: GPUBuffer; g: GPUBuffer; u: GPUBuffer },
+  dims: { N: number; F: number; act?: ActName },
+): void {
+  const guard = (ok: boolean, reason: string) => {
+    if (!ok) throw new GpuValidationError({ label: "swiglu backward", reason })
+  }
+  const { N, F } = dims
+  const act = dims.act ?? "silu"
+  guard(Number.isInteger(N) && N >= 1 && Number.isInteger(F) && F >= 1, `N=${N}, F=${F} must be ≥ 1`)
+  guard(act in ACT, `unknown activation ${act}`)
+  const count = N * F
+  guard(count < 2 ** 32, `N·F = ${count} over u32`)
+  const { dg, du, dh, g, u } = buffers
+  const inPlace = dg === g && du === u
+  guard(g !== u && dh !== g && dh !== u, "dh, g and u must be three buffers")
+  guard(inPlace || ![dh, g, u].includes(dg) && ![dh, g, u].includes(du) && dg !== du, "dg or du aliases an input")
+  for (const [name, buf] of Object.entries(buffers)) {
+    guard(buf.size >= count * 4, `${name} holds ${buf.size} bytes, needs N·F·4 = ${count * 4}`)
+  }
+  const ctx = step.ctx
+  const groups = Math.ceil(count / WG)
+  const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
+  const pipeline = ctx.pipeline({
+    shader: "swiglu.wgsl",
+    entryPoint: inPlace ? "backward_inplace" : "backward",
+    constants: { WG, ACT: ACT[act] },
+  })
+  const bindings = inPlace ? [ctx.uniform([count]), g, u, dh] : [ctx.uniform([count]), dg, du, dh, g, u]
+  step.dispatch(pipeline, bindings, [gx, Math.ceil(groups / gx)])
 }

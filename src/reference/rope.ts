@@ -32,6 +32,30 @@ export function ropeForward(
   positions: Int32Array,
   dims: { N: number; heads: number; Dh: number; theta: number },
 ): Float32Array {
+  return rotate(x, positions, dims, 1)
+}
+
+/**
+ * dx (N, heads, Dh) of the rotation: the transpose of a rotation by a is the rotation by −a, so
+ *   dx[i]        = dy[i] · cos a + dy[i + Dh/2] · sin a
+ *   dx[i + Dh/2] = dy[i + Dh/2] · cos a − dy[i] · sin a
+ * Same argument order as `ropeForward` (dy in place of x); the kernel does it in place on dq and dk.
+ */
+export function ropeBackward(
+  dy: Float32Array,
+  positions: Int32Array,
+  dims: { N: number; heads: number; Dh: number; theta: number },
+): Float32Array {
+  return rotate(dy, positions, dims, -1)
+}
+
+/** Rotation by sign · a_i (sin a is negated exactly, so sign = 1 is bit for bit the forward). */
+function rotate(
+  x: Float32Array,
+  positions: Int32Array,
+  dims: { N: number; heads: number; Dh: number; theta: number },
+  sign: 1 | -1,
+): Float32Array {
   const { N, heads, Dh } = dims
   const half = Dh / 2
   const inv = ropeInvFreq(Dh, dims.theta)
@@ -42,7 +66,7 @@ export function ropeForward(
     for (let i = 0; i < half; i++) {
       const a = Math.fround(positions[n] * inv[i])
       cos[i] = Math.cos(a)
-      sin[i] = Math.sin(a)
+      sin[i] = sign * Math.sin(a)
     }
     for (let h = 0; h < heads; h++) {
       const o = (n * heads + h) * Dh

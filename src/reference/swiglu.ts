@@ -42,6 +42,23 @@ export function activate(x: number, act: ActName): number {
   return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)))
 }
 
+/**
+ * The derivative of the activation:
+ *   silu'(x) = σ(x) · (1 + x · (1 − σ(x)))
+ *   gelu'(x) = (1 + erf(x/√2)) / 2 + x · φ(x),  φ(x) = e^(−x²/2) / √(2π)   (1 + erf from the same fit as the forward)
+ *   gelu_tanh'(x) = (1 + tanh y) / 2 + x/2 · (1 − tanh² y) · √(2/π) · (1 + 3 · 0.044715 x²),  y = √(2/π)(x + 0.044715 x³)
+ */
+export function activateGrad(x: number, act: ActName): number {
+  if (act === "silu") {
+    const s = 1 / (1 + Math.exp(-x))
+    return s * (1 + x * (1 - s))
+  }
+  if (act === "gelu") return 0.5 * onePlusErf(x * Math.SQRT1_2) + x * Math.exp(-0.5 * x * x) / Math.sqrt(2 * Math.PI)
+  const c = Math.sqrt(2 / Math.PI)
+  const t = Math.tanh(c * (x + 0.044715 * x * x * x))
+  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+}
+
 /** h (N, F) = act(g) ⊙ u for g, u (N, F). */
 export function swigluForward(
   g: Float32Array,
@@ -52,4 +69,25 @@ export function swigluForward(
   const h = new Float32Array(dims.N * dims.F)
   for (let i = 0; i < h.length; i++) h[i] = activate(g[i], act) * u[i]
   return h
+}
+
+/**
+ * dg and du (N, F) of h = act(g) ⊙ u given dh (N, F): dg = dh ⊙ u ⊙ act'(g), du = dh ⊙ act(g).
+ * Same argument order as `swigluForward`, dh first.
+ */
+export function swigluBackward(
+  dh: Float32Array,
+  g: Float32Array,
+  u: Float32Array,
+  dims: { N: number; F: number; act?: ActName },
+): { dg: Float32Array; du: Float32Array } {
+  const act = dims.act ?? "silu"
+  const count = dims.N * dims.F
+  const dg = new Float32Array(count)
+  const du = new Float32Array(count)
+  for (let i = 0; i < count; i++) {
+    dg[i] = dh[i] * u[i] * activateGrad(g[i], act)
+    du[i] = dh[i] * activate(g[i], act)
+  }
+  return { dg, du }
 }
