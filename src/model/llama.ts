@@ -21,7 +21,8 @@ import { swigluForward } from "../kernels/swiglu.ts"
 import { checkBatch, lengthsU32, nextTokenTargets } from "../reference/batch.ts"
 import { activationOf } from "../reference/swiglu.ts"
 import type { DeviceBase } from "./base_weights.ts"
-import type { BatchDescriptor } from "./types.ts"
+import { type AdapterRows, LoraSaved, loraProjectionForward } from "./adapter_layers.ts"
+import type { BatchDescriptor, Projection } from "./types.ts"
 
 /** Activations of one decoder layer (kept per layer when the backward will need them). */
 export interface LayerActivations {
@@ -142,8 +143,18 @@ export class LlamaModel {
     ctx.write(bufs.ranges, new Uint32Array(segs.flatMap((s) => [s.start * batch.seqLen, s.end * batch.seqLen])))
   }
 
-  /** Encodes the forward up to the logits (and the per-segment mean loss) into `step`. */
-  encodeForward(step: Step, bufs: ForwardBuffers, batch: BatchDescriptor): void {
+  /**
+   * Encodes the forward up to the logits (and the per-segment mean loss) into `step`. Each adapter in
+   * `adapters` adds its LoRA terms on its own rows right after the shared frozen projection; `saved` keeps
+   * their intermediates for a backward.
+   */
+  encodeForward(
+    step: Step,
+    bufs: ForwardBuffers,
+    batch: BatchDescriptor,
+    adapters: readonly AdapterRows[] = [],
+    saved: LoraSaved = new LoraSaved(this.pool),
+  ): void {
     const c = this.base.config
     const { hiddenSize: D, intermediateSize: F, numHeads: H, numKvHeads: KV, headDim: Dh, vocabSize: V } = c
     const { N } = bufs
@@ -154,21 +165,26 @@ export class LlamaModel {
     this.base.layers.forEach((w, i) => {
       const a = bufs.layers[Math.min(i, bufs.layers.length - 1)]
       const next = bufs.layers[i + 1]?.xIn ?? (i + 1 === c.numLayers ? bufs.xOut : a.xIn)
+      // frozen projection over all rows, then each adapter's LoRA on its own rows
+      const proj = (p: Projection, x: GPUBuffer, y: GPUBuffer, accumulate = false) => {
+        linear(step, { x, w: w.proj[p], y }, { M: N, accumulate })
+        if (adapters.length) loraProjectionForward(step, c, adapters, saved, i, p, { x, y })
+      }
       rmsnormForward(step, { y: a.n1, rstd: a.rstd1, x: a.xIn, w: w.inputNorm }, { N, D, eps })
-      linear(step, { x: a.n1, w: w.proj.q_proj, y: a.q }, { M: N })
-      linear(step, { x: a.n1, w: w.proj.k_proj, y: a.k }, { M: N })
-      linear(step, { x: a.n1, w: w.proj.v_proj, y: a.v }, { M: N })
+      proj("q_proj", a.n1, a.q)
+      proj("k_proj", a.n1, a.k)
+      proj("v_proj", a.n1, a.v)
       ropeForward(step, { q: a.q, k: a.k, lengths: bufs.lengths }, { ...shape, theta: c.ropeTheta })
       attentionForward(step, { out: a.attn, lse: a.lse, q: a.q, k: a.k, v: a.v, lengths: bufs.lengths }, shape)
       // xMid = xIn + o_proj(attn): copy then accumulate, so that xIn survives for the backward
       step.copy(a.xIn, 0, a.xMid, 0, N * D * 4)
-      linear(step, { x: a.attn, w: w.proj.o_proj, y: a.xMid }, { M: N, accumulate: true })
+      proj("o_proj", a.attn, a.xMid, true)
       rmsnormForward(step, { y: a.n2, rstd: a.rstd2, x: a.xMid, w: w.postAttentionNorm }, { N, D, eps })
-      linear(step, { x: a.n2, w: w.proj.gate_proj, y: a.g }, { M: N })
-      linear(step, { x: a.n2, w: w.proj.up_proj, y: a.u }, { M: N })
+      proj("gate_proj", a.n2, a.g)
+      proj("up_proj", a.n2, a.u)
       swigluForward(step, { h: a.h, g: a.g, u: a.u }, { N, F, act })
       step.copy(a.xMid, 0, next, 0, N * D * 4)
-      linear(step, { x: a.h, w: w.proj.down_proj, y: next }, { M: N, accumulate: true })
+      proj("down_proj", a.h, next, true)
     })
     rmsnormForward(step, { y: bufs.nf, rstd: bufs.rstdf, x: bufs.xOut, w: this.base.norm }, { N, D, eps })
     linear(step, { x: bufs.nf, w: this.base.lmHead, y: bufs.logits }, { M: N })

@@ -1,0 +1,218 @@
+/**
+ * One adapter's training job: its config, data iterator, device weights, optimizer and counters, plus
+ * checkpoint save / exact resume. The trainer packs the next micro-batches of several jobs into one pass.
+ *
+ * Accumulation (m-LoRA / HF): each micro-batch's mean loss is divided by `accumulation_steps` = batch / micro;
+ * the optimizer steps after that many micro-batches, or at the end of an epoch with what has accumulated.
+ * Determinism: data order comes from the iterator's saved RNG state, dropout masks from (seed, micro-step), so
+ * a resumed job replays exactly what an uninterrupted one would have done.
+ * @module
+ */
+import type { AdapterConfig, TrainConfig } from "../config/train_config.ts"
+import { warmupStepsFor } from "../config/train_config.ts"
+import { EpochIterator, type EpochIteratorState, type MicroBatch } from "../data/batches.ts"
+import type { Example } from "../data/tokenize.ts"
+import type { GpuContext } from "../gpu/context.ts"
+import type { AdapterSpec, AdapterWeights } from "../model/adapter.ts"
+import {
+  type DeviceAdapter,
+  downloadAdapter,
+  releaseAdapter,
+  uploadAdapter,
+  writeAdapter,
+} from "../model/adapter_device.ts"
+import { initAdapter } from "../model/adapter_init.ts"
+import { latestCheckpoint, loadCheckpoint, saveAdapter, saveCheckpoint } from "../model/adapter_io.ts"
+import type { LlamaConfig } from "../model/types.ts"
+import { Rng } from "../util/rng.ts"
+import { AdapterOptimizer, optimizerHyper } from "./optimizer.ts"
+import { learningRateAt, type Schedule } from "./schedule.ts"
+
+/** The math-shaping part of an adapter config (spec §3). */
+export function adapterSpecOf(cfg: AdapterConfig): AdapterSpec {
+  const m = cfg.mixlora
+  return {
+    name: cfg.name,
+    kind: m ? "mixlora" : "lora",
+    r: cfg.r,
+    alpha: cfg.loraAlpha,
+    useRslora: cfg.useRslora,
+    dropout: cfg.loraDropout,
+    targets: cfg.targetModules,
+    moe: m
+      ? {
+        routing: m.routingStrategy,
+        numExperts: m.numExperts,
+        topK: m.routingStrategy === "switch" ? 1 : m.routingStrategy === "dynamic" ? m.numExperts : m.topK ?? 2,
+        topP: m.topP ?? 1,
+        expertCapacity: m.expertCapacity ?? 0,
+        actFn: m.actFn ?? "silu",
+        routerAuxLossCoef: m.routerAuxLossCoef,
+        routerInitRange: m.routerInitRange,
+        jitterNoise: m.jitterNoise,
+      }
+      : undefined,
+  }
+}
+
+/** FNV-1a of a string: per-adapter seeds that don't depend on the adapter's position in the config. */
+const hashName = (s: string) => {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0
+  return h
+}
+
+export type JobStatus = "running" | "done" | "failed"
+
+export interface JobOptions {
+  readonly seed: number
+  /** `--dir`: where checkpoints and the final adapter go */
+  readonly dir: string
+  readonly baseModel: string
+  /** `--load_adapter`: continue from the latest checkpoint (or the saved adapter) when there is one */
+  readonly resume: boolean
+}
+
+export class TrainJob {
+  status: JobStatus = "running"
+  /** micro-batches consumed so far (also the dropout stream index) */
+  microSteps = 0
+  /** micro-batches accumulated since the last optimizer step */
+  pending = 0
+  /** real tokens trained on, and the last losses read back */
+  tokens = 0
+  lastLoss = NaN
+  failure = ""
+  /** optimizer step of the last checkpoint written (or resumed from) */
+  lastCheckpoint = 0
+
+  private constructor(
+    readonly ctx: GpuContext,
+    readonly cfg: AdapterConfig,
+    readonly spec: AdapterSpec,
+    readonly iter: EpochIterator,
+    readonly dev: DeviceAdapter,
+    readonly opt: AdapterOptimizer,
+    readonly schedule: Schedule,
+    readonly seed: number,
+    readonly opts: JobOptions,
+  ) {}
+
+  /** Creates the job: fresh weights (or resumed from `opts.dir`), uploaded with a zeroed optimizer state. */
+  static async create(
+    ctx: GpuContext,
+    model: LlamaConfig,
+    train: TrainConfig,
+    cfg: AdapterConfig,
+    examples: readonly Example[],
+    opts: JobOptions,
+  ): Promise<TrainJob> {
+    const spec = adapterSpecOf(cfg)
+    const seed = (opts.seed ^ hashName(cfg.name)) >>> 0
+    const rng = Rng.fromSeed(seed)
+    const perEpoch = Math.ceil(examples.length / cfg.microBatchSize)
+    const totalSteps = cfg.numEpochs * Math.ceil(perEpoch / cfg.accumulationSteps)
+    const schedule: Schedule = {
+      type: cfg.schedulerType,
+      lr: cfg.lr,
+      warmupSteps: warmupStepsFor(cfg, totalSteps),
+      totalSteps,
+    }
+    const ckpt = opts.resume ? await latestCheckpoint(opts.dir, cfg.name) : null
+    const loaded = ckpt ? await loadCheckpoint(ckpt.path, model) : null
+    const weights: AdapterWeights = loaded?.weights ?? initAdapter(spec, model, rng.fork("init"))
+    const state = loaded?.counters.iterator as EpochIteratorState | undefined
+    const iter = new EpochIterator(examples, {
+      microBatchSize: cfg.microBatchSize,
+      batchSize: cfg.batchSize,
+      numEpochs: cfg.numEpochs,
+      groupByLength: cfg.groupByLength,
+      rng: rng.fork("data"),
+      state,
+    })
+    const dev = uploadAdapter(ctx, weights, model)
+    const opt = AdapterOptimizer.create(ctx, {
+      label: cfg.name,
+      count: dev.layout.total,
+      hyper: optimizerHyper({ kind: cfg.optim, weightDecay: cfg.weightDecay, momentum: cfg.momentum }),
+    })
+    const job = new TrainJob(ctx, cfg, spec, iter, dev, opt, schedule, seed, opts)
+    if (loaded) {
+      opt.restoreState(loaded.optimizer)
+      job.microSteps = Number(loaded.counters.microSteps ?? 0)
+      job.tokens = Number(loaded.counters.tokens ?? 0)
+      job.lastCheckpoint = loaded.counters.step
+    }
+    void train
+    if (iter.done) job.status = "done"
+    return job
+  }
+
+  get name(): string {
+    return this.cfg.name
+  }
+
+  /** Optimizer steps taken. */
+  get step(): number {
+    return this.opt.step
+  }
+
+  get totalSteps(): number {
+    return this.schedule.totalSteps
+  }
+
+  /** The next micro-batch, or null when every epoch is done. */
+  next(): MicroBatch | null {
+    return this.iter.done ? null : this.iter.next()
+  }
+
+  /** Dropout seed of the micro-step about to run. */
+  dropoutSeed(): number {
+    return (this.seed ^ Math.imul(this.microSteps + 1, 0x9e3779b1)) >>> 0
+  }
+
+  /** Learning rate of the next optimizer step. */
+  lr(): number {
+    return learningRateAt(this.schedule, this.opt.step)
+  }
+
+  /** Writes checkpoint-{step}: weights, optimizer state, counters, data position and RNG (two round trips). */
+  async checkpoint(): Promise<string> {
+    const weights = await downloadAdapter(this.ctx, this.dev)
+    const optimizer = await this.opt.readState()
+    const it = this.iter.state()
+    const path = await saveCheckpoint(this.opts.dir, this.name, this.step, {
+      weights,
+      optimizer,
+      baseModel: this.opts.baseModel,
+      counters: {
+        step: this.step,
+        epoch: it.epoch,
+        dataPosition: it.position,
+        rngState: it.rng,
+        iterator: it,
+        microSteps: this.microSteps,
+        tokens: this.tokens,
+      },
+    })
+    this.lastCheckpoint = this.step
+    return path
+  }
+
+  /** Saves the final adapter to `{dir}/{name}/` (MoE-PEFT layout). */
+  async saveFinal(): Promise<string> {
+    return saveAdapter(this.opts.dir, this.name, await downloadAdapter(this.ctx, this.dev), {
+      baseModel: this.opts.baseModel,
+    })
+  }
+
+  /** Replaces the device weights (tests: start from given weights). */
+  setWeights(w: AdapterWeights): void {
+    writeAdapter(this.ctx, this.dev, w)
+  }
+
+  release(): void {
+    this.opt.release()
+    releaseAdapter(this.ctx, this.dev)
+  }
+}
