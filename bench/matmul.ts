@@ -8,12 +8,14 @@
  * and "wall" from encoding to the end of the read-back of y (includes the ~11.5 ms completion latency of
  * one round trip, the staging copy, nothing subtracted). Without timestamps only "wall" is reported.
  *
- *   deno run -A --preload src/no_async_hooks.ts bench/matmul.ts [--rounds 3] [--extra]
+ *   deno run -A --preload src/no_async_hooks.ts bench/matmul.ts [--rounds 3] [--extra] [--shape 256x11008x4096 ...]
  * @module
  */
 import { GpuContext, Step } from "../src/gpu/context.ts"
 import type { Binding } from "../src/gpu/context.ts"
 import {
+  type BackwardVariant,
+  chooseBackwardVariant,
   chooseVariant,
   type DeviceMatrix,
   linear,
@@ -29,7 +31,7 @@ export interface MatmulBenchRow {
   /** "M×N×K" */
   readonly shape: string
   readonly kernel: string
-  readonly variant: MatmulVariant | "bwd"
+  readonly variant: MatmulVariant | BackwardVariant
   readonly dtype: "f32" | "int8"
   /** median GFLOP/s by timestamp queries (null without "timestamp-query") */
   readonly kernelGflops: number | null
@@ -52,7 +54,7 @@ export interface MatmulBenchOptions {
 
 interface Kernel {
   readonly name: string
-  readonly variant: MatmulVariant | "bwd"
+  readonly variant: MatmulVariant | BackwardVariant
   readonly dtype: "f32" | "int8"
   readonly run: (step: Step) => GPUBuffer
 }
@@ -88,12 +90,13 @@ export async function benchMatmul(ctx: GpuContext, opts: MatmulBenchOptions = {}
     ]
     if (opts.extra) {
       kernels.push(fwd(wf, "smem", "f32 smem"), fwd(wq, "smem", "int8 smem"))
+      const variant = chooseBackwardVariant(ctx, { M })
       for (const m of [wf, wq]) {
         kernels.push({
           name: `${m.dtype} dx = dy·W`,
-          variant: "bwd",
+          variant,
           dtype: m.dtype,
-          run: (step) => (linearBackwardInput(step, { dy, w: m, dx }, { M }), dx),
+          run: (step) => (linearBackwardInput(step, { dy, w: m, dx }, { M, variant }), dx),
         })
       }
     }
@@ -239,7 +242,7 @@ export function formatMatmulBench(rows: readonly MatmulBenchRow[]): string {
   ])
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)))
   const line = (cells: string[]) =>
-    cells.map((c, i) => i >= 3 && i <= 5 ? c.padStart(widths[i]) : c.padEnd(widths[i])).join("  ")
+    cells.map((c, i) => i >= 3 && i <= 5 ? c.padStart(widths[i]) : c.padEnd(widths[i])).join("  ").trimEnd()
   return [line(head), widths.map((n) => "-".repeat(n)).join("  "), ...body.map(line)].join("\n")
 }
 
@@ -252,7 +255,15 @@ if (import.meta.main) {
       ctx.device.features.has("timestamp-query") ? "timestamp queries" : "wall only"
     }`,
   )
-  const rows = await benchMatmul(ctx, { rounds, extra: arg("--extra") >= 0 })
+  // --shape MxNxK (repeatable) replaces the default shapes
+  const shapes = Deno.args.flatMap((a, i) =>
+    a === "--shape" ? [Deno.args[i + 1].split("x").map(Number) as [number, number, number]] : []
+  )
+  const rows = await benchMatmul(ctx, {
+    rounds,
+    extra: arg("--extra") >= 0,
+    shapes: shapes.length ? shapes : undefined,
+  })
   console.log(formatMatmulBench(rows))
   ctx.destroy()
 }

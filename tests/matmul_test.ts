@@ -26,6 +26,9 @@ import {
 import { dequantizeRows, quantizeRows } from "../src/model/quantize.ts"
 import * as ref from "../src/reference/linear.ts"
 
+// One device for the whole file: a pipeline compiles once per device, and lavapipe's cold compiles of the
+// unrolled tiles take ~4–5 s each (~23 s for every kernel of the family; ~1.3 s from Mesa's warm disk cache).
+const ctx = await GpuContext.create()
 const TOL = 1e-4
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST
 
@@ -53,6 +56,31 @@ function relErr(y: Float32Array, r: Float32Array): number {
   return num / den
 }
 
+/** Every buffer / texture this file allocates is tracked so that each test frees what it made. */
+const made: (GPUBuffer | DeviceMatrix)[] = []
+const snapshot = () => made.length
+function cleanup(mark: number): void {
+  for (const r of made.splice(mark)) {
+    if (r instanceof GPUBuffer) ctx.release(r)
+    else releaseMatrix(ctx, r)
+  }
+  releaseMatmulScratch(ctx)
+}
+function upload(label: string, data: Float32Array): GPUBuffer {
+  const b = ctx.upload(label, data, "activations")
+  made.push(b)
+  return b
+}
+function zeros(label: string, floats: number): GPUBuffer {
+  const b = ctx.buffer({ label, size: floats * 4, usage: USAGE, category: "activations" })
+  made.push(b)
+  return b
+}
+function track(m: DeviceMatrix): DeviceMatrix {
+  made.push(m)
+  return m
+}
+
 interface Case {
   w: DeviceMatrix
   /** the f32 weights the kernels must reproduce (dequantised for int8) */
@@ -62,18 +90,20 @@ interface Case {
 }
 
 /** f32 and int8 device matrices of (N, K) with their reference weights. */
-function matrices(ctx: GpuContext, N: number, K: number, maxBlockRows?: number): Record<MatrixDtype, Case> {
+function matrices(N: number, K: number, maxBlockRows?: number): Record<MatrixDtype, Case> {
   const w = rand(N * K, N * 7919 + K)
   const q = quantizeRows(w, N, K)
   return {
     f32: {
-      w: uploadMatrix(ctx, { shape: [N, K], data: w }, { label: `w${N}x${K}`, category: "base_f32", maxBlockRows }),
+      w: track(
+        uploadMatrix(ctx, { shape: [N, K], data: w }, { label: `w${N}x${K}`, category: "base_f32", maxBlockRows }),
+      ),
       wRef: w,
       N,
       K,
     },
     int8: {
-      w: uploadMatrix(ctx, q, { label: `q${N}x${K}`, category: "base_int8", maxBlockRows }),
+      w: track(uploadMatrix(ctx, q, { label: `q${N}x${K}`, category: "base_int8", maxBlockRows })),
       wRef: dequantizeRows(q),
       N,
       K,
@@ -85,9 +115,9 @@ const MS = [1, 3, 37]
 const KN: [number, number][] = [[45, 97], [128, 256], [130, 1000], [45, 1000], [130, 97]]
 
 Deno.test("linear: every variant, f32 and int8, odd shapes, = and +=, matches the reference", async () => {
-  const ctx = await GpuContext.create()
+  const mark = snapshot()
   try {
-    const cases = KN.map(([K, N]) => matrices(ctx, N, K))
+    const cases = KN.map(([K, N]) => matrices(N, K))
     for (const dtype of ["f32", "int8"] as const) {
       for (const variant of MATMUL_VARIANTS) {
         // one step and one read per (dtype, variant): every shape, written and accumulated
@@ -98,12 +128,12 @@ Deno.test("linear: every variant, f32 and int8, odd shapes, = and +=, matches th
           for (const M of MS) {
             const x = rand(M * K, M * 31 + K)
             const r = ref.linear(x, wRef, M, N, K)
-            const xb = ctx.upload("x", x, "activations")
-            const y = ctx.buffer({ label: "y", size: M * N * 4, usage: USAGE, category: "activations" })
+            const xb = upload("x", x)
+            const y = zeros("y", M * N)
             linear(step, { x: xb, w, y }, { M, variant })
             checks.push({ y, expect: r, what: `M=${M} K=${K} N=${N} =` })
             const y0 = rand(M * N, 99 + M)
-            const ya = ctx.upload("ya", y0, "activations")
+            const ya = upload("ya", y0)
             linear(step, { x: xb, w, y: ya }, { M, variant, accumulate: true })
             checks.push({ y: ya, expect: r.map((v, i) => v + y0[i]), what: `M=${M} K=${K} N=${N} +=` })
           }
@@ -117,14 +147,14 @@ Deno.test("linear: every variant, f32 and int8, odd shapes, = and +=, matches th
       }
     }
   } finally {
-    ctx.destroy()
+    cleanup(mark)
   }
 })
 
 Deno.test("linearBackwardInput: every variant, f32 and int8, odd shapes, = and +=, matches the reference", async () => {
-  const ctx = await GpuContext.create()
+  const mark = snapshot()
   try {
-    const cases = KN.map(([K, N]) => matrices(ctx, N, K))
+    const cases = KN.map(([K, N]) => matrices(N, K))
     const step = ctx.begin()
     const checks: { dx: GPUBuffer; expect: Float32Array; what: string }[] = []
     for (const dtype of ["f32", "int8"] as const) {
@@ -134,12 +164,12 @@ Deno.test("linearBackwardInput: every variant, f32 and int8, odd shapes, = and +
           for (const M of MS) {
             const dy = rand(M * N, M * 17 + N)
             const r = ref.linearBackwardInput(dy, wRef, M, N, K)
-            const dyb = ctx.upload("dy", dy, "activations")
-            const dx = ctx.buffer({ label: "dx", size: M * K * 4, usage: USAGE, category: "activations" })
+            const dyb = upload("dy", dy)
+            const dx = zeros("dx", M * K)
             linearBackwardInput(step, { dy: dyb, w, dx }, { M, variant })
             checks.push({ dx, expect: r, what: `${dtype} ${variant} M=${M} K=${K} N=${N} =` })
             const dx0 = rand(M * K, 5 + M)
-            const dxa = ctx.upload("dxa", dx0, "activations")
+            const dxa = upload("dxa", dx0)
             linearBackwardInput(step, { dy: dyb, w, dx: dxa }, { M, variant, accumulate: true })
             checks.push({
               dx: dxa,
@@ -156,19 +186,19 @@ Deno.test("linearBackwardInput: every variant, f32 and int8, odd shapes, = and +
       assert.ok(e <= TOL, `${c.what}: rel err ${e}`)
     })
   } finally {
-    ctx.destroy()
+    cleanup(mark)
   }
 })
 
 Deno.test("row-block split: 97 rows in blocks of 32 (forward and backward, every variant), f32 and int8", async () => {
-  const ctx = await GpuContext.create()
+  const mark = snapshot()
   try {
     const [M, K, N] = [37, 130, 97]
-    const c = matrices(ctx, N, K, 40)
+    const c = matrices(N, K, 40)
     const x = rand(M * K, 1)
     const dy = rand(M * N, 2)
-    const xb = ctx.upload("x", x, "activations")
-    const dyb = ctx.upload("dy", dy, "activations")
+    const xb = upload("x", x)
+    const dyb = upload("dy", dy)
     const step = ctx.begin()
     const checks: { out: GPUBuffer; expect: Float32Array; what: string }[] = []
     for (const dtype of ["f32", "int8"] as const) {
@@ -177,17 +207,17 @@ Deno.test("row-block split: 97 rows in blocks of 32 (forward and backward, every
       assert.deepEqual(w.blocks.map((b) => [b.row0, b.rows]), [[0, 32], [32, 32], [64, 32], [96, 1]])
       const r = ref.linear(x, wRef, M, N, K)
       for (const variant of MATMUL_VARIANTS) {
-        const y = ctx.buffer({ label: "y", size: M * N * 4, usage: USAGE, category: "activations" })
+        const y = zeros("y", M * N)
         linear(step, { x: xb, w, y }, { M, variant })
         checks.push({ out: y, expect: r, what: `${dtype} ${variant} forward` })
       }
       const rb = ref.linearBackwardInput(dy, wRef, M, N, K)
       for (const variant of BACKWARD_VARIANTS) {
-        const dx = ctx.buffer({ label: "dx", size: M * K * 4, usage: USAGE, category: "activations" })
+        const dx = zeros("dx", M * K)
         linearBackwardInput(step, { dy: dyb, w, dx }, { M, variant })
         checks.push({ out: dx, expect: rb, what: `${dtype} ${variant}` })
         const dx0 = rand(M * K, 3)
-        const dxa = ctx.upload("dxa", dx0, "activations")
+        const dxa = upload("dxa", dx0)
         linearBackwardInput(step, { dy: dyb, w, dx: dxa }, { M, variant, accumulate: true })
         checks.push({ out: dxa, expect: rb.map((v, i) => v + dx0[i]), what: `${dtype} ${variant} +=` })
       }
@@ -198,24 +228,24 @@ Deno.test("row-block split: 97 rows in blocks of 32 (forward and backward, every
       assert.ok(e <= TOL, `${k.what}: rel err ${e}`)
     })
   } finally {
-    ctx.destroy()
+    cleanup(mark)
   }
 })
 
 Deno.test("int8 rows dequantised on the device (identity input) equal dequantizeRows exactly, every variant", async () => {
-  const ctx = await GpuContext.create()
+  const mark = snapshot()
   try {
     const [K, N] = [45, 97]
     const q = quantizeRows(rand(N * K, 11), N, K)
     const deq = dequantizeRows(q)
-    const w = uploadMatrix(ctx, q, { label: "q", category: "base_int8", maxBlockRows: 50 })
+    const w = track(uploadMatrix(ctx, q, { label: "q", category: "base_int8", maxBlockRows: 50 }))
     // x = I (K, K): y[k, n] = Σ_j I[k, j] · q[n, j] · scale[n] = q[n, k] · scale[n], no rounding but the product
     const eye = new Float32Array(K * K)
     for (let k = 0; k < K; k++) eye[k * K + k] = 1
-    const xb = ctx.upload("eye", eye, "activations")
+    const xb = upload("eye", eye)
     const step = ctx.begin()
     const ys = MATMUL_VARIANTS.map((variant) => {
-      const y = ctx.buffer({ label: "y", size: K * N * 4, usage: USAGE, category: "activations" })
+      const y = zeros("y", K * N)
       linear(step, { x: xb, w, y }, { M: K, variant })
       return y
     })
@@ -231,12 +261,12 @@ Deno.test("int8 rows dequantised on the device (identity input) equal dequantize
       }
     })
   } finally {
-    ctx.destroy()
+    cleanup(mark)
   }
 })
 
 Deno.test("variant selection, memory accounting, release and guards", async () => {
-  const ctx = await GpuContext.create()
+  const mark = snapshot()
   try {
     for (const dtype of ["f32", "int8"] as const) {
       const tm = TILES.tile[dtype].tm
@@ -254,16 +284,17 @@ Deno.test("variant selection, memory accounting, release and guards", async () =
       }
     }
     const [K, N] = [45, 97]
-    const c = matrices(ctx, N, K, 40)
-    // f32 rows pad to ceil(45/4) = 12 texels, int8 to ceil(45/16) = 3; blocks of 32, 32, 32, 1 rows have
-    // scale buffers of 128, 128, 128 and 16 (the minimum) bytes
-    assert.equal(matrixBytes(c.f32.w), 97 * 12 * 16 + 3 * 128 + 16)
-    assert.equal(matrixBytes(c.int8.w), 97 * 3 * 16 + 3 * 128 + 16)
-    assert.equal(ctx.memory().base_f32, matrixBytes(c.f32.w))
-    assert.equal(ctx.memory().base_int8, matrixBytes(c.int8.w))
-    const x = ctx.upload("x", rand(3 * K, 1), "activations")
-    const y = ctx.buffer({ label: "y", size: 3 * N * 4, usage: USAGE, category: "activations" })
-    const small = ctx.buffer({ label: "small", size: 16, usage: USAGE, category: "activations" })
+    const base = ctx.memory()
+    const c = matrices(N, K, 40)
+    // f32 rows pad to ceil(45/4) = 12 texels, int8 to ceil(45/16) = 3; blocks of 32, 32, 32, 1 rows are textures
+    // of 33, 33, 33, 3 rows (sides are never powers of two) with scale buffers of 128, 128, 128, 16 bytes
+    assert.equal(matrixBytes(c.f32.w), 12 * 16 * (3 * 33 + 3) + 3 * 128 + 16)
+    assert.equal(matrixBytes(c.int8.w), 3 * 16 * (3 * 33 + 3) + 3 * 128 + 16)
+    assert.equal(ctx.memory().base_f32 - base.base_f32, matrixBytes(c.f32.w))
+    assert.equal(ctx.memory().base_int8 - base.base_int8, matrixBytes(c.int8.w))
+    const x = upload("x", rand(3 * K, 1))
+    const y = zeros("y", 3 * N)
+    const small = zeros("small", 4)
     const step = ctx.begin()
     assert.throws(() => linear(step, { x, w: c.f32.w, y: small }, { M: 3 }), GpuValidationError)
     assert.throws(() => linear(step, { x: small, w: c.f32.w, y }, { M: 3 }), GpuValidationError)
@@ -287,13 +318,12 @@ Deno.test("variant selection, memory accounting, release and guards", async () =
     await ctx.read([y], step)
     releaseMatrix(ctx, c.f32.w)
     releaseMatrix(ctx, c.int8.w)
-    assert.equal(ctx.memory().base_f32, 0)
-    assert.equal(ctx.memory().base_int8, 0)
-    assert.ok(ctx.memory().activations > 0)
+    assert.equal(ctx.memory().base_f32, base.base_f32)
+    assert.equal(ctx.memory().base_int8, base.base_int8)
     const before = ctx.memory().activations
     releaseMatmulScratch(ctx)
     assert.ok(ctx.memory().activations < before, "staging textures freed")
   } finally {
-    ctx.destroy()
+    cleanup(mark)
   }
 })

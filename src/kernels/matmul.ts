@@ -6,25 +6,30 @@
  *
  * W is a `DeviceMatrix`: f32, or int8 symmetric per output row (spec §4, W[n, k] = q[n, k] · scale[n]; the
  * kernels sum q·x in f32 and multiply by scale[n] in the epilogue). Either way it lives in rgba32uint
- * textures, one per block of at most `maxTextureDimension2D` rows (a 32000-row lm_head is two blocks): one
- * 16-byte texel holds 4 f32 bit patterns or 16 int8 (byte 0 = lowest k), rows zero-padded to whole texels,
- * so K and N need no alignment (K = 45, N = 97 work). Textures, because a textureLoad costs 2–3× less than
- * a storage load on lavapipe and a texture is not bound by maxStorageBufferBindingSize (128 MiB).
- * f32 matrices carry a unit scale so that every kernel has the same bindings.
+ * textures, one per block of at most `maxTextureDimension2D` − 1 rows (a 32000-row lm_head is two blocks):
+ * one 16-byte texel holds 4 f32 bit patterns or 16 int8 (byte 0 = lowest k), rows zero-padded to whole
+ * texels, so K and N need no alignment (K = 45, N = 97 work). Textures, because a textureLoad costs 2–3× less
+ * than a storage load on lavapipe and a texture is not bound by maxStorageBufferBindingSize (128 MiB).
+ * f32 matrices carry a unit scale so that every kernel has the same bindings. No texture side is a power of
+ * two (see `npot`: llvmpipe would compile another shader variant for each such texture).
  *
- * Variants (the selection is `chooseVariant`; tests and the bench force each one):
+ * Forward variants (`chooseVariant`; tests and the bench force each one):
  * - "tile", "tile_m4", "tile_m1": software adapters. Generated straight-line register tiles
  *   (src/kernels/matmul_codegen.ts) reading x from an rgba32float staging texture that `linear` fills
  *   inside the same command buffer (a copy, plus a pad kernel when K is not a multiple of 64); tile sizes
  *   in `TILES`, chosen by measurement on this CPU (see bench/matmul.ts). "tile_m4" / "tile_m1" serve small
- *   M (decode) without wasting a 8- or 16-row tile.
+ *   M (decode) without wasting an 8- or 16-row tile.
  * - "smem": hardware GPUs, the shared-memory tiled kernel (shaders/matmul_smem.wgsl).
  * - "naive": one output per invocation (shaders/matmul_naive.wgsl); the bench baseline and the tiny-M
  *   kernel on hardware GPUs, where it is a GEMV.
+ * Input-gradient variants (`chooseBackwardVariant`): "bwd_tile" (generated, dy staged like x) on software
+ * adapters, "bwd_simple" (shaders/matmul_bwd.wgsl) on hardware GPUs.
+ *
+ * Staging textures are cached per context and K and reused by later calls; `releaseMatmulScratch` frees them.
  * @module
  */
 import { GpuValidationError } from "../errors.ts"
-import type { GpuContext, MemoryCategory, Step } from "../gpu/context.ts"
+import type { Binding, GpuContext, MemoryCategory, Step } from "../gpu/context.ts"
 import type { HostTensor, QuantizedMatrix } from "../model/types.ts"
 import {
   bwdTileName,
@@ -42,7 +47,7 @@ export interface MatrixBlock {
   readonly row0: number
   /** Nb */
   readonly rows: number
-  /** rgba32uint, (Nb rows, Kt texels) */
+  /** rgba32uint, npot(Nb) rows × npot(Kt) texels (the padding is zero and never read) */
   readonly texture: GPUTexture
   readonly view: GPUTextureView
   /** (Nb) f32 per-row scale, ones for f32 weights */
@@ -64,10 +69,12 @@ export type MatmulVariant = "naive" | "smem" | "tile" | "tile_m4" | "tile_m1"
 export const MATMUL_VARIANTS: readonly MatmulVariant[] = ["naive", "smem", "tile", "tile_m4", "tile_m1"]
 
 /**
- * Register tiles of the software variants, measured (GFLOP/s, kernel time) at 256×2048×2048 on the 2-core box:
- * int8 8×32 44.7, 16×16 43.2, 16×32 49.2 (but 20 s cold compile), 8×16 32.9; f32 16×16 27.5, 8×32 21.6,
- * 16×32 26.5 (18 s cold compile). For M = 1 (4096×4096) 1×32 beats 4×32 (int8 11.8 vs 8.3, f32 4.4 vs 3.7);
- * for M = 4, 4×32 beats the big tile 3–5×. Cold compile of the chosen big tiles: ~4.5 s each.
+ * Register tiles (rows × columns per invocation) of the software variants. Sweep at 256×2048×2048 on the
+ * 2-core box (GFLOP/s, kernel time, one noisy session): int8 8×32 44.7, 16×16 43.2, 16×32 49.2 (but 20 s cold
+ * compile), 8×16 32.9; f32 16×16 27.5, 8×32 21.6, 16×32 26.5 (18 s cold compile), 32×16 32.4 (18 s). For
+ * M = 1 (4096×4096) 1×32 beats 4×32 (int8 11.8 vs 8.3, f32 4.4 vs 3.7); for M = 4, 4×32 beats the big
+ * tile 3–5×. bench/matmul.ts on a quiet machine: int8 8×32 52, f32 16×16 36. Cold compiles: f32 16×16 3.9 s,
+ * int8 8×32 4.9 s, tile_m4 0.5 / 1.6 s, tile_m1 0.3 / 0.4 s (from Mesa's warm disk cache: < 0.2 s each).
  */
 export const TILES: Readonly<Record<"tile" | "tile_m4" | "tile_m1", Readonly<Record<MatrixDtype, TileSpec>>>> = {
   tile: {
@@ -90,6 +97,7 @@ export const BACKWARD_VARIANTS: readonly BackwardVariant[] = ["bwd_simple", "bwd
 /**
  * Register tiles of the software input gradient (rows × weight texels), measured at 256×2048×2048 (GFLOP/s):
  * f32 16×4 36.0, 8×4 26.0, 8×8 26.5; int8 16×1 45.7, 8×2 44.0, 8×1 37.1 (shaders/matmul_bwd.wgsl: 5.9 / 21.3).
+ * Cold compiles of the chosen ones: 5.0 s (f32), 4.8 s (int8).
  */
 export const BACKWARD_TILES: Readonly<Record<MatrixDtype, BwdTileSpec>> = {
   f32: { dtype: "f32", tm: 16, tk: 4, wgx: 8, wgy: 4 },
@@ -127,8 +135,8 @@ const UPLOAD_CHUNK_BYTES = 16 << 20
 
 /**
  * Uploads W: an f32 HostTensor of shape [N, K] becomes an f32 matrix, a QuantizedMatrix an int8 one.
- * Rows are split into blocks of at most `maxBlockRows` (default and cap: maxTextureDimension2D) rounded down
- * to a multiple of 16.
+ * Rows are split into blocks of at most `maxBlockRows` (default and cap: maxTextureDimension2D − 1) rounded
+ * down to a multiple of 16 (≥ 16).
  * Memory is accounted under `category` (the caller's choice, e.g. "base_f32" / "base_int8").
  */
 export function uploadMatrix(
@@ -152,7 +160,8 @@ export function uploadMatrix(
     guard(w.data.length === N * K, `shape [${w.shape}] but ${w.data.length} values`)
   }
   guard(Number.isInteger(N) && N >= 1 && Number.isInteger(K) && K >= 1, `N=${N}, K=${K} must be ≥ 1`)
-  const limit = Math.min(opts.maxBlockRows ?? Infinity, ctx.limits.maxTextureDimension2D)
+  // − 1: room for the padding row of `npot`
+  const limit = Math.min(opts.maxBlockRows ?? Infinity, ctx.limits.maxTextureDimension2D - 1)
   guard(Number.isInteger(limit) && limit >= 16, `maxBlockRows=${opts.maxBlockRows} must be an integer ≥ 16`)
   // blocks start on multiples of 16 rows, so that a block's columns of a staged dy start on a whole texel
   const maxRows = Math.floor(limit / 16) * 16
@@ -170,8 +179,8 @@ export function uploadMatrix(
     const name = `${opts.label}[${row0}:${row0 + rows}]`
     const texture = ctx.texture({
       label: name,
-      width: Kt,
-      height: rows,
+      width: npot(Kt),
+      height: npot(rows),
       format: "rgba32uint",
       bytesPerTexel: texelBytes,
       category: opts.category,
@@ -220,7 +229,18 @@ export function releaseMatrix(ctx: GpuContext, m: DeviceMatrix): void {
 
 /** Device bytes of `m` (textures + scales), as accounted by the context. */
 export function matrixBytes(m: DeviceMatrix): number {
-  return m.blocks.reduce((s, b) => s + b.rows * m.Kt * 16 + Math.max(16, Math.ceil(b.rows * 4 / 16) * 16), 0)
+  return m.blocks.reduce((s, b) => s + b.texture.width * b.texture.height * 16 + b.scale.size, 0)
+}
+
+/**
+ * The least m ≥ n that is not a power of two. Every texture the kernels read has non-power-of-two sides because
+ * llvmpipe keys its compiled shader variants on whether each bound texture's width and height are powers
+ * of two: a 256-row and a 200-row weight would each cost a full cold compile (~4 s for the big tiles).
+ * The padding texel columns / rows are zero and never read.
+ */
+function npot(n: number): number {
+  const pot = (v: number) => (v & (v - 1)) === 0
+  return !pot(n) ? n : pot(n + 1) ? n + 2 : n + 1 // 1 → 3, 2 → 3, 4 → 5, 12 → 12
 }
 
 // ---- forward ---------------------------------------------------------------------------------------
@@ -247,6 +267,12 @@ export function linear(
   guard(x !== y, "y and x are the same buffer")
   guard(x.size >= M * w.K * 4, `x holds ${x.size} bytes, needs M·K·4 = ${M * w.K * 4}`)
   guard(y.size >= M * w.N * 4, `y holds ${y.size} bytes, needs M·N·4 = ${M * w.N * 4}`)
+  const maxBind = ctx.limits.maxStorageBufferBindingSize
+  guard(
+    M * w.N * 4 <= maxBind,
+    `y (M·N·4 = ${M * w.N * 4} bytes) is over maxStorageBufferBindingSize ${maxBind}: split M`,
+  )
+  const yb = bound(y, M * w.N * 4, maxBind)
   const acc = dims.accumulate ? 1 : 0
   const uniform = (b: MatrixBlock) => ctx.uniform([M, w.N, w.K, b.row0, b.rows, acc, w.Kt, 0])
   if (variant === "naive" || variant === "smem") {
@@ -255,7 +281,7 @@ export function linear(
       const groups: [number, number] = variant === "naive"
         ? [Math.ceil(b.rows / 64), M]
         : [Math.ceil(b.rows / 64), Math.ceil(M / 64)]
-      step.dispatch(pipeline, [uniform(b), y, x, b.view, b.scale], groups)
+      step.dispatch(pipeline, [uniform(b), yb, bound(x, M * w.K * 4, maxBind), b.view, b.scale], groups)
     }
     return
   }
@@ -267,7 +293,7 @@ export function linear(
   const xs = stageInput(step, x, M, w.K)
   const pipeline = cachedPipeline(ctx, tileName(spec), () => generateTileKernel(spec))
   for (const b of w.blocks) {
-    step.dispatch(pipeline, [uniform(b), y, xs, b.view, b.scale], [
+    step.dispatch(pipeline, [uniform(b), yb, xs, b.view, b.scale], [
       Math.ceil(b.rows / (spec.tn * spec.wgx)),
       Math.ceil(M / (spec.tm * spec.wgy)),
     ])
@@ -297,13 +323,22 @@ export function linearBackwardInput(
   guard(dx !== dy, "dx and dy are the same buffer")
   guard(dy.size >= M * w.N * 4, `dy holds ${dy.size} bytes, needs M·N·4 = ${M * w.N * 4}`)
   guard(dx.size >= M * w.K * 4, `dx holds ${dx.size} bytes, needs M·K·4 = ${M * w.K * 4}`)
+  const maxBind = ctx.limits.maxStorageBufferBindingSize
+  guard(
+    M * w.K * 4 <= maxBind,
+    `dx (M·K·4 = ${M * w.K * 4} bytes) is over maxStorageBufferBindingSize ${maxBind}: split M`,
+  )
+  const dxb = bound(dx, M * w.K * 4, maxBind)
   // dx = Σ over blocks: the first block writes (or accumulates when asked), the others add
   const uniform = (b: MatrixBlock, i: number) =>
     ctx.uniform([M, w.N, w.K, b.row0, b.rows, i === 0 && !dims.accumulate ? 0 : 1, w.Kt, 0])
   if (variant === "bwd_simple") {
     const pipeline = ctx.pipeline({ shader: "matmul_bwd.wgsl", constants: { Q8: w.dtype === "int8" ? 1 : 0 } })
     w.blocks.forEach((b, i) => {
-      step.dispatch(pipeline, [uniform(b, i), dx, dy, b.view, b.scale], [Math.ceil(w.Kt / 64), Math.ceil(M / 4)])
+      step.dispatch(pipeline, [uniform(b, i), dxb, bound(dy, M * w.N * 4, maxBind), b.view, b.scale], [
+        Math.ceil(w.Kt / 64),
+        Math.ceil(M / 4),
+      ])
     })
     return
   }
@@ -315,11 +350,26 @@ export function linearBackwardInput(
   const dys = stageInput(step, dy, M, w.N)
   const pipeline = cachedPipeline(ctx, bwdTileName(spec), () => generateBwdTileKernel(spec))
   w.blocks.forEach((b, i) => {
-    step.dispatch(pipeline, [uniform(b, i), dx, dys, b.view, b.scale], [
+    step.dispatch(pipeline, [uniform(b, i), dxb, dys, b.view, b.scale], [
       Math.ceil(w.Kt / (spec.tk * spec.wgx)),
       Math.ceil(M / (spec.tm * spec.wgy)),
     ])
   })
+}
+
+/**
+ * `buf` bound whole, or its first `bytes` when the whole buffer is over the binding limit (pooled buffers
+ * may be larger than the M rows in use). Throws when even `bytes` is over it.
+ */
+function bound(buf: GPUBuffer, bytes: number, maxBind: number): Binding {
+  if (buf.size <= maxBind) return buf
+  if (bytes > maxBind) {
+    throw new GpuValidationError({
+      label: buf.label,
+      reason: `${bytes} bytes in use are over maxStorageBufferBindingSize ${maxBind}: split M`,
+    })
+  }
+  return { buffer: buf, offset: 0, size: Math.ceil(bytes / 4) * 4 }
 }
 
 // ---- generated pipelines and the activation staging texture ----------------------------------------
@@ -343,7 +393,7 @@ interface Staging {
   pad: GPUBuffer | null
 }
 
-/** Staging textures by context and K, growing capacities (powers of two), kept until releaseMatmulScratch. */
+/** Staging textures by context and K, capacities 2^k + 1 rows, kept until releaseMatmulScratch. */
 const stagings = new WeakMap<GpuContext, Map<number, Staging[]>>()
 
 /**
@@ -361,10 +411,11 @@ function stageInput(step: Step, x: GPUBuffer, M: number, K: number): GPUTextureV
   let s = list.find((e) => e.rows >= M)
   const width = Math.ceil(K / 16) * 4
   if (!s) {
-    const rows = Math.min(ctx.limits.maxTextureDimension2D, 2 ** Math.ceil(Math.log2(Math.max(M, 16))))
+    // capacities 17, 33, 65, ... rows (powers of two + 1, see npot), so that a growing M allocates log₂ M textures
+    const rows = Math.min(ctx.limits.maxTextureDimension2D, 2 ** Math.ceil(Math.log2(Math.max(M - 1, 16))) + 1)
     const texture = ctx.texture({
       label: `matmul x staging K=${K}`,
-      width,
+      width: npot(width),
       height: rows,
       format: "rgba32float",
       bytesPerTexel: 16,
@@ -385,7 +436,12 @@ function stageInput(step: Step, x: GPUBuffer, M: number, K: number): GPUTextureV
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
     category: "activations",
   })
-  step.dispatch(ctx.pipeline({ shader: "matmul_pack.wgsl" }), [ctx.uniform([M, K, Kp, 0]), s.pad, x], [Kp / 64, M])
+  const maxBind = ctx.limits.maxStorageBufferBindingSize
+  step.dispatch(ctx.pipeline({ shader: "matmul_pack.wgsl" }), [
+    ctx.uniform([M, K, Kp, 0]),
+    bound(s.pad, M * Kp * 4, maxBind),
+    bound(x, M * K * 4, maxBind),
+  ], [Kp / 64, M])
   step.endPass().copyBufferToTexture({ buffer: s.pad, bytesPerRow: Kp * 4 }, { texture: s.texture }, {
     width,
     height: M,

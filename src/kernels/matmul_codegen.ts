@@ -1,15 +1,19 @@
 /**
- * Generator of the register-tile matmul kernels for software adapters (lavapipe / llvmpipe).
+ * Generator of the register-tile matmul kernels for software adapters (lavapipe / llvmpipe): the forward
+ * y = x · Wᵀ (`generateTileKernel`) and the input gradient dx = dy · W (`generateBwdTileKernel`).
  *
  * Why generated rather than a `.wgsl` file with loops: Mesa 22.3 neither unrolls nor scalarises
  * loops over small arrays, so a `var acc: array<array<f32, TN>, TM>` tile runs 3.5× (f32) to 15×
  * (int8) slower than the same tile written as TM·TN named scalars in straight-line code (REPORT.md
- * §2/3). A 16×32 tile is ~1700 lines, which nobody should copy by hand; this module writes them.
- * The output follows the `shaders/*.wgsl` header conventions (purpose, bindings, dispatch, =/+=, oracle).
+ * §2/3). The 8×32 int8 tile is ~750 lines, which nobody should copy by hand; this module writes them.
+ * The output follows the `shaders/*.wgsl` header conventions (purpose, bindings, grid, = / +=, reference).
  *
  * Design (REPORT.md "tex_nk"): every fetch is expensive on lavapipe, a 16-byte `textureLoad` is the
  * cheapest, so each invocation owns a TM×TN output tile and, per step of the K loop, loads TN weight
  * texels (4 f32 or 16 int8 each) and TM·(texel width) activation texels, then does TM·TN dot products.
+ * Activations come from a texture too (staged by src/kernels/matmul.ts): reading x from the f32 storage
+ * buffer instead measured 22.7 vs 32.9 GFLOP/s (int8 8×16 tile, 256×2048×2048), since per K step a tile
+ * fetches as many or more activation texels than weight texels.
  * @module
  */
 
@@ -32,11 +36,8 @@ export function tileName(t: TileSpec): string {
 
 /**
  * WGSL of the forward register-tile kernel  Y[m, n0 + n] (= | +=) S[n] · Σ_k X[m, k] · W[n, k]
- * over one weight row block (rows n0 .. n0 + Nb of W).
- *
- * X is the staged activation texture (rgba32float, row m = x row m, zero-padded to a multiple of 16
- * floats); reading it with textureLoad instead of the f32 storage buffer measured 32.9 vs 22.7 GFLOP/s
- * (int8 8×16 tile, 256×2048×2048), because per K step the tile fetches more activation texels than weights.
+ * over one weight row block (rows n0 .. n0 + Nb of W). X is the staged activation texture (rgba32float,
+ * row m = x row m, zero-padded to a multiple of 16 floats).
  */
 export function generateTileKernel(t: TileSpec): string {
   const { tm, tn, wgx, wgy } = t
@@ -145,7 +146,7 @@ export function bwdTileName(t: BwdTileSpec): string {
  * WGSL of the register-tile input gradient  DX[m, k] (= | +=) Σ_n DY[m, n0 + n] · S[n] · W[n, k]  over one
  * weight row block. DY is the staged rgba32float texture of dy (4 columns per texel, zeros past N; n0 is a
  * multiple of 16 so a block starts on a whole texel). Per step of 4 weight rows an invocation fetches
- * 4·tk weight texels, tm dy texels and 4 scales; scales past Nb read as 0, which masks the partial last step.
+ * 4·tk weight texels, tm dy texels and 4 scales.
  */
 export function generateBwdTileKernel(t: BwdTileSpec): string {
   const { tm, tk, wgx, wgy } = t
@@ -189,16 +190,16 @@ export function generateBwdTileKernel(t: BwdTileSpec): string {
   for (let i = 0; i < tm; i++) {
     p(`  ` + range(0, tk * words).map((v) => `var a${i}_${v} = vec4<f32>(0.0);`).join(" "))
   }
-  p(`  let d0 = dims.n0 / 4u;`)
+  p(`  let d0 = dims.n0 / 4u; // first dy texel of this block (n0 is a multiple of 16)`)
   p(`  for (var n = 0u; n < dims.Nb; n += 4u) {`)
-  for (let j = 0; j < 4; j++) p(`    let n${j} = min(n + ${j}u, dims.Nb - 1u);`)
-  p(
-    `    let s = vec4<f32>(S[n0], select(0.0, S[n1], n + 1u < dims.Nb), select(0.0, S[n2], n + 2u < dims.Nb),` +
-      ` select(0.0, S[n3], n + 3u < dims.Nb));`,
-  )
+  // A partial last step (Nb % 4 ≠ 0) only happens in the last block (the others are multiples of 16 rows);
+  // there the dy columns past N are zeros of the staging texture, so the clamped weight rows add nothing.
+  p(`    // weight rows n .. n + 3, clamped`)
+  for (let j = 0; j < 4; j++) p(`    let j${j} = min(n + ${j}u, dims.Nb - 1u);`)
+  p(`    let s = vec4<f32>(S[j0], S[j1], S[j2], S[j3]);`)
   for (let j = 0; j < 4; j++) {
     for (let u = 0; u < tk; u++) {
-      p(`    let p${j}_${u} = textureLoad(W, vec2<u32>(c${u}, n${j}), 0);`)
+      p(`    let p${j}_${u} = textureLoad(W, vec2<u32>(c${u}, j${j}), 0);`)
       if (q8) {
         p(
           `    ` +
