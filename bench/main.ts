@@ -54,6 +54,15 @@ if (want("load")) {
   console.log("(the whole-base ratio includes embed_tokens, lm_head and norms, which stay f32 by spec §4)")
 }
 
+if (want("matmul")) {
+  const { GpuContext } = await import("../src/gpu/context.ts")
+  const { benchMatmul, formatMatmulBench } = await import("./matmul.ts")
+  const ctx = await GpuContext.create()
+  console.log(`\n## matmul kernels, GFLOP/s = 2MNK / time (${ctx.description})`)
+  console.log(formatMatmulBench(await benchMatmul(ctx, { rounds: 5 })))
+  ctx.destroy()
+}
+
 if (want("forward")) {
   const { GpuContext } = await import("../src/gpu/context.ts")
   const { benchForward } = await import("./forward.ts")
