@@ -1,6 +1,15 @@
 // Prelude of every shaders/moe_*.wgsl kernel except moe_aux (prepended after lora_common.wgsl by
 // src/kernels/moe.ts): the shared uniform struct, dimension helpers, activations and their derivatives.
 //
+// The efficient MixLoRA FFN these kernels implement (reference: src/reference/mixlora.ts). With slot weights w_j
+// of the routed experts e_j of a token x, ΔW = s · B A (m ⊙ ·) per expert and projection:
+//   out = Σ_j w_j (W2 + ΔW2_j) h_j,   h_j = act((W1 + ΔW1_j) x) ⊙ (W3 + ΔW3_j) x
+//       = W2 (Σ_j w_j h_j) + Σ_j w_j s B2_j A2_j (m2 ⊙ h_j)          (W2 is linear)
+//   (W1 + ΔW1_j) x = g0 + s B1_j A1_j (m1 ⊙ x),  g0 = W1 x  (likewise u0 = W3 x)
+// so the frozen W1, W3 run once per token (g0, u0, all batch rows), the frozen W2 runs once on the weighted
+// mix Σ_j w_j h_j, and only the rank-R terms run per (token, routed expert). Backward mirrors it: dmix = W2ᵀ dy
+// once, dh_j = w_j dmix + w_j m2 ⊙ A2ᵀ(s B2ᵀ dy), and dx = W1ᵀ Σ_j dg_j + W3ᵀ Σ_j du_j + rank-R terms + router.
+//
 // Buffer conventions: "batch-shaped" buffers (x, y, g0, u0, mix, dy, dx, dmix, dg0, du0) are indexed by the
 // token's row in the packed batch, gi = row0 + i; "adapter-local" buffers by i ∈ [0, N) (P, sel, w, expertOf,
 // list, t, dts, hs, dw, dlogits). Slot j of token i is pair p = i·S + j. Adapter parameters and gradients are
@@ -92,5 +101,7 @@ fn act_grad(x: f32) -> f32 {
 // Whether batch token gi is real: row r = gi / T, position t = gi % T; right padding t < len, left t ≥ T − len.
 fn is_real_token(gi: u32, len: u32) -> bool {
   let t = gi % dims.T;
-  return select(t < len, t >= dims.T - len, dims.left == 1u);
+  let right = t < len;
+  let left = t >= dims.T - len;
+  return select(right, left, dims.left == 1u);
 }

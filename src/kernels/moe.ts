@@ -185,7 +185,10 @@ function prepare(step: Step, refs: MixloraParamRefs, d: MixloraDims, opts: { aux
   const E = moe.numExperts
   guard(E <= 32, `E=${E} over the kernels' 32 experts`)
   guard(moe.routing in ROUTING, `unknown routing ${moe.routing}`)
-  guard(moe.routing !== "mixlora" || (Number.isInteger(moe.topK) && moe.topK >= 1 && moe.topK <= E), `top_k=${moe.topK}`)
+  guard(
+    moe.routing !== "mixlora" || (Number.isInteger(moe.topK) && moe.topK >= 1 && moe.topK <= E),
+    `top_k=${moe.topK}`,
+  )
   guard(moe.routing !== "switch" || (Number.isInteger(moe.expertCapacity) && moe.expertCapacity >= 0), "capacity")
   guard(Number.isInteger(d.layer) && d.layer >= 0, `layer=${d.layer}`)
   guard((row0 + N) * Math.max(D, F) < 2 ** 32 && N * moeSlots(moe) * F * 3 < 2 ** 32, "sizes over u32 indexing")
@@ -209,14 +212,36 @@ function prepare(step: Step, refs: MixloraParamRefs, d: MixloraDims, opts: { aux
   const targetBits = (targets.has("gate_proj") ? 1 : 0) | (targets.has("up_proj") ? 2 : 0) |
     (targets.has("down_proj") ? 4 : 0)
   const cap = moe.routing === "switch" ? moe.expertCapacity : 0xffffffff
+  // word order = struct Dims of shaders/moe_common.wgsl (u32 fields, then the f32 ones)
   const uniform = ctx.uniform([
-    N, D, F, R,
-    E, S, T, row0,
-    d.padSide === "left" ? 1 : 0, ROUTING[moe.routing], moe.routing === "mixlora" ? moe.topK : 1, cap,
-    d.layer * (2 * E + 1), jit ? 1 : 0, jit ? d.jitter!.seed >>> 0 : 0, drop.words[0],
-    drop.words[1], drop.words[3], targetBits, pb.rel[0],
-    rel("gate_proj", "a"), rel("gate_proj", "b"), rel("up_proj", "a"), rel("up_proj", "b"),
-    rel("down_proj", "a"), rel("down_proj", "b"), opts.aux ? 1 : 0, 0,
+    N,
+    D,
+    F,
+    R,
+    E,
+    S,
+    T,
+    row0,
+    d.padSide === "left" ? 1 : 0,
+    ROUTING[moe.routing],
+    moe.routing === "mixlora" ? moe.topK : 1,
+    cap,
+    d.layer * (2 * E + 1),
+    jit ? 1 : 0,
+    jit ? d.jitter!.seed >>> 0 : 0,
+    drop.words[0],
+    drop.words[1],
+    drop.words[3],
+    targetBits,
+    pb.rel[0],
+    rel("gate_proj", "a"),
+    rel("gate_proj", "b"),
+    rel("up_proj", "a"),
+    rel("up_proj", "b"),
+    rel("down_proj", "a"),
+    rel("down_proj", "b"),
+    opts.aux ? 1 : 0,
+    0,
   ], [moe.routing === "dynamic" ? moe.topP : 0, d.scale, drop.keep, jit?.lo ?? 1, jit?.span ?? 0])
   const need = (name: string, buf: GPUBuffer, floats: number) =>
     guard(buf.size >= floats * 4, `${name} holds ${buf.size} bytes, needs ${floats * 4}`)
@@ -374,7 +399,13 @@ export function mixloraExpertsBackward(
   p.need("dw", c.dw, N * S)
   p.need("dlogits", c.dlogits, N * E)
   run(step, p, "moe_bwd_down.wgsl", [c.dts, dy, s.expertOf, p.params], grid1d(ctx, N * S * R))
-  run(step, p, "moe_bwd_hidden.wgsl", [c.hs, dg0, du0, dmix, g0, u0, s.t, c.dts, s.w, s.expertOf, p.params], grid1d(ctx, N * F))
+  run(
+    step,
+    p,
+    "moe_bwd_hidden.wgsl",
+    [c.hs, dg0, du0, dmix, g0, u0, s.t, c.dts, s.w, s.expertOf, p.params],
+    grid1d(ctx, N * F),
+  )
   run(step, p, "moe_bwd_dw.wgsl", [c.dw, c.hs, dmix, s.t, c.dts, s.expertOf], grid1d(ctx, N * S))
   run(step, p, "moe_bwd_dt_in.wgsl", [c.dts, c.hs, s.expertOf, p.params], grid1d(ctx, N * S * R))
   const has = (q: FfnProjection) => p.targets.has(q) ? 1 : 0
@@ -394,7 +425,13 @@ export function mixloraInputBackward(
   p.need("dx", args.dx, (dims.row0 + dims.N) * dims.D)
   checkSaved(p, args.saved, dims)
   const c = args.scratch
-  run(step, p, "moe_bwd_dx.wgsl", [args.dx, c.dts, c.dlogits, args.saved.expertOf, p.params], grid1d(p.ctx, dims.N * dims.D))
+  run(
+    step,
+    p,
+    "moe_bwd_dx.wgsl",
+    [args.dx, c.dts, c.dlogits, args.saved.expertOf, p.params],
+    grid1d(p.ctx, dims.N * dims.D),
+  )
 }
 
 /**

@@ -38,7 +38,7 @@ export interface MoeSpec {
   readonly topK: number
   /** "dynamic": keep the smallest prefix of sorted P whose sum reaches top_p */
   readonly topP: number
-  /** "switch": tokens per expert per batch beyond which tokens pass through unchanged */
+  /** "switch": tokens per expert per sequence beyond which tokens skip the FFN (MoE output 0; pads not counted) */
   readonly expertCapacity: number
   readonly actFn: "silu" | "gelu" | "gelu_new" | "gelu_pytorch_tanh"
   readonly routerAuxLossCoef: number

@@ -25,6 +25,18 @@
  *                — W2 is linear, so Σ_j w_j (W2 + ΔW2_j) h_j = W2 (Σ_j w_j h_j) + Σ_j w_j ΔW2_j h_j:
  *                  the frozen down matmul runs once, on the routing-weighted mix.
  *
+ * Interpretation decisions (MoE-PEFT / m-LoRA differences noted):
+ * - jitter multiplies the router input only (spec §3); MoE-PEFT's "mixlora" block scales hidden_states in place,
+ *   so its experts also see the jittered input. The factors are a pure function of (seed, token row, feature).
+ * - switch: capacity counts real tokens per sequence in position order (MoE-PEFT: cumsum over the sequence dim,
+ *   pads included); a dropped token contributes 0, not MoE-PEFT's P_max · x, which the layer's residual add would
+ *   turn into x + P_max · x — the "double residual" the spec rules out. Its weight gets no gradient.
+ * - dynamic: MoE-PEFT's rule keeps sorted expert i iff the sum of the P before it is ≤ top_p (the first expert
+ *   always); it differs from "smallest prefix reaching top_p" only when a partial sum equals top_p exactly.
+ * - ties in P go to the lower expert index (torch.topk / sort leave them unspecified).
+ * - the aux loss counts selections before capacity drops (MoE-PEFT's switch loss uses the argmax too) and only
+ *   real tokens (spec; MoE-PEFT's dynamic and switch losses include pads).
+ *
  * Load balancing (per adapter, over all its MoE layers and real tokens, `moeAuxLoss`):
  *   aux = coef · E · Σ_e f_e · Pbar_e,  f_e = C_e / T,  Pbar_e = Σ P_e / T  (C_e: tokens that selected e,
  *   before any capacity drop; T: real tokens summed over layers). Gradient through Pbar only:
@@ -32,7 +44,7 @@
  * @module
  */
 import type { FfnProjection, MoeSpec } from "../model/adapter.ts"
-import { activate, type ActName, activationOf, onePlusErf } from "./swiglu.ts"
+import { activate, activationOf, type ActName, onePlusErf } from "./swiglu.ts"
 import { alloc, type Precision, type Vec } from "./lora.ts"
 
 /** sel code of a token that selected an expert but was dropped over capacity ("switch"). */
@@ -263,8 +275,8 @@ export function mixloraForward(
       const b1 = pairOf(layer, e, "gate_proj")?.b, b3 = pairOf(layer, e, "up_proj")?.b
       for (let f = 0; f < F; f++) {
         let g = g0[i * F + f], u = u0[i * F + f]
-        if (b1) for (let r = 0; r < R; r++) g += s * b1[f * R + r] * t1[p * R + r]
-        if (b3) for (let r = 0; r < R; r++) u += s * b3[f * R + r] * t3[p * R + r]
+        if (b1) { for (let r = 0; r < R; r++) g += s * b1[f * R + r] * t1[p * R + r] }
+        if (b3) { for (let r = 0; r < R; r++) u += s * b3[f * R + r] * t3[p * R + r] }
         h[p * F + f] = activate(g, act) * u
         mix[i * F + f] += w[p] * h[p * F + f]
       }
@@ -306,7 +318,14 @@ export function mixloraForwardNaive(x: Vec, base: FfnBase, layer: MixloraLayer, 
   const act = activationOf(o.moe.actFn)
   const { S, expertOf, w } = mixloraRoute(x, layer.router, o)
   const y = new Float64Array(N * D)
-  const lora = (pair: RefPair | undefined, m: Vec | null, v: ArrayLike<number>, i: number, inDim: number, k: number) => {
+  const lora = (
+    pair: RefPair | undefined,
+    m: Vec | null,
+    v: ArrayLike<number>,
+    i: number,
+    inDim: number,
+    k: number,
+  ) => {
     if (!pair) return 0
     let acc = 0
     for (let r = 0; r < R; r++) {
@@ -404,8 +423,8 @@ export function mixloraBackward(
       const dg = new Float64Array(F), du = new Float64Array(F)
       for (let f = 0; f < F; f++) {
         let g = g0[i * F + f], u = u0[i * F + f]
-        if (gate) for (let r = 0; r < R; r++) g += s * gate.b[f * R + r] * t1[p * R + r]
-        if (up) for (let r = 0; r < R; r++) u += s * up.b[f * R + r] * t3[p * R + r]
+        if (gate) { for (let r = 0; r < R; r++) g += s * gate.b[f * R + r] * t1[p * R + r] }
+        if (up) { for (let r = 0; r < R; r++) u += s * up.b[f * R + r] * t3[p * R + r] }
         dw[p] += dmix[i * F + f] * h[p * F + f]
         let dh = wp * dmix[i * F + f]
         if (down) {
@@ -463,7 +482,7 @@ export function mixloraBackward(
         if (e >= 0) dP[e] = dw[i * S + j]
       }
     }
-    if (auxGrad && o.real[i]) for (let e = 0; e < E; e++) dP[e] += auxGrad[e]
+    if (auxGrad && o.real[i]) { for (let e = 0; e < E; e++) dP[e] += auxGrad[e] }
     let dot = 0
     for (let e = 0; e < E; e++) dot += P[i * E + e] * dP[e]
     for (let e = 0; e < E; e++) {

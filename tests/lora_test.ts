@@ -1,0 +1,173 @@
+/**
+ * LoRA: the reference (src/reference/lora.ts) by finite differences, the random streams, and the WGSL kernels
+ * (src/kernels/lora.ts) against the reference.
+ *
+ * FD: L = Σ c ⊙ Δy in f64, central differences with step 1e-5; per tensor max_k |fd − an| / max_k |an| ≤ 1e-3.
+ * GPU: odd shapes (IN = 45, OUT = 37, R = 3 and 5) on rows [7, 26) of a 30-row batch, A and B at unaligned
+ * offsets of one flat buffer; per tensor max |gpu − ref| / max |ref| ≤ 1e-4; y, dx and the gradients are
+ * accumulated onto random initial values and rows outside the range must stay untouched; two runs are
+ * bitwise identical.
+ */
+import assert from "node:assert/strict"
+import { GpuContext } from "../src/gpu/context.ts"
+import { loraBackward, loraForward } from "../src/kernels/lora.ts"
+import {
+  dropoutMask,
+  jitterNoise,
+  loraBackward as refBackward,
+  loraForward as refForward,
+  maskHash,
+  pcgHash,
+  type Vec,
+} from "../src/reference/lora.ts"
+import { Rng } from "../src/util/rng.ts"
+
+function normal(seed: number, n: number, std = 1): Float64Array {
+  const rng = Rng.fromSeed(seed)
+  return Float64Array.from({ length: n }, () => rng.normal(0, std))
+}
+
+function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  assert.equal(got.length, ref.length)
+  let num = 0, den = 0
+  for (let k = 0; k < ref.length; k++) {
+    num = Math.max(num, Math.abs(got[k] - ref[k]))
+    den = Math.max(den, Math.abs(ref[k]))
+  }
+  return den === 0 ? num : num / den
+}
+
+Deno.test("random streams: PCG hash values, dropout keep rate, jitter range, determinism", () => {
+  // fixed values guard against accidental changes (the WGSL kernels implement the same function)
+  assert.equal(pcgHash(0), 129708002)
+  assert.equal(maskHash(1, 2, 3, 4), maskHash(1, 2, 3, 4))
+  assert.notEqual(maskHash(1, 2, 3, 4), maskHash(1, 2, 4, 3))
+  const m = dropoutMask({ p: 0.25, seed: 11, stream: 3, row0: 5, N: 200, cols: 100 })!
+  const kept = m.filter((v) => v !== 0)
+  assert.ok(Math.abs(kept.length / m.length - 0.75) < 0.01, `keep rate ${kept.length / m.length}`)
+  assert.ok(kept.every((v) => v === Math.fround(1 / 0.75)))
+  assert.equal(dropoutMask({ p: 0, seed: 11, stream: 3, row0: 0, N: 2, cols: 2 }), null)
+  const other = dropoutMask({ p: 0.25, seed: 11, stream: 4, row0: 5, N: 200, cols: 100 })!
+  assert.ok(other.some((v, k) => v !== m[k]), "streams differ")
+  const n = jitterNoise({ j: 0.1, seed: 3, row0: 0, N: 50, D: 40 })
+  assert.ok(n.every((v) => v >= 0.9 - 1e-7 && v < 1.1 + 1e-7))
+  assert.ok(Math.abs(n.reduce((a, v) => a + v, 0) / n.length - 1) < 0.01)
+})
+
+for (const p of [0, 0.3]) {
+  Deno.test(`LoRA reference, dropout ${p}: finite-difference gradients of A, B and x`, () => {
+    const [N, inDim, outDim, R] = [7, 9, 5, 3]
+    const dims = { N, inDim, outDim, R, scale: 1.7, precision: "f64" as const }
+    const x = normal(1, N * inDim), a = normal(2, R * inDim), b = normal(3, outDim * R), c = normal(4, N * outDim)
+    const mk = dropoutMask({ p, seed: 9, stream: 0, row0: 0, N, cols: inDim })
+    const mask = mk ? Float64Array.from(mk) : null
+    const L = () => Array.from(refForward(x, a, b, mask, dims).dy).reduce((s, v, k) => s + v * c[k], 0)
+    const { t } = refForward(x, a, b, mask, dims)
+    const g = refBackward(c, x, a, b, t, mask, dims)
+    const h = 1e-5
+    const fd = (v: Float64Array) =>
+      Float64Array.from(v, (_, k) => {
+        const keep = v[k]
+        v[k] = keep + h
+        const lp = L()
+        v[k] = keep - h
+        const lm = L()
+        v[k] = keep
+        return (lp - lm) / (2 * h)
+      })
+    for (const [name, v, an] of [["A", a, g.da], ["B", b, g.db], ["x", x, g.dx]] as [string, Float64Array, Vec][]) {
+      const e = relErr(fd(v), an)
+      assert.ok(e <= 1e-3, `${name}: rel err ${e}`)
+      if (Deno.env.get("SHOW_ERR")) console.log(`FD p=${p} ${name} ${e.toExponential(2)}`)
+    }
+    if (p > 0) assert.ok(g.dx.some((v, k) => v === 0 && mask![k] === 0), "dropped inputs get no gradient")
+  })
+}
+
+const ctx = await GpuContext.create()
+const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST
+
+Deno.test("LoRA kernels vs reference: odd shapes, row range, dropout on/off, accumulation, determinism", async () => {
+  const made: GPUBuffer[] = []
+  const up = (data: ArrayLike<number>) => {
+    const b = ctx.upload("t", Float32Array.from(data), "activations")
+    made.push(b)
+    return b
+  }
+  const zeros = (n: number) => {
+    const b = ctx.buffer({ label: "z", size: n * 4, usage: USAGE, category: "activations" })
+    made.push(b)
+    return b
+  }
+  try {
+    const [rows, row0, N, inDim, outDim] = [30, 7, 19, 45, 37]
+    for (const R of [3, 5]) {
+      for (const p of [0, 0.25]) {
+        const f32 = (v: Float64Array) => Float32Array.from(v)
+        const x = f32(normal(10 + R, rows * inDim)), y0 = f32(normal(11, rows * outDim))
+        const dy = f32(normal(12, rows * outDim)), dx0 = f32(normal(13, rows * inDim))
+        const a = f32(normal(14, R * inDim, 0.2)), b = f32(normal(15, outDim * R, 0.2))
+        const [aOff, bOff] = [70, 70 + R * inDim + 3]
+        const flat = new Float32Array(bOff + outDim * R + 5)
+        flat.set(a, aOff)
+        flat.set(b, bOff)
+        const g0 = f32(normal(16, flat.length))
+        const scale = 16 / R
+        const dropout = { p, seed: 1234, stream: 4 }
+        const dims = { row0, N, inDim, outDim, R, scale, dropout }
+        // reference on the adapter's rows
+        const xs = x.subarray(row0 * inDim, (row0 + N) * inDim), dys = dy.subarray(row0 * outDim, (row0 + N) * outDim)
+        const mask = dropoutMask({ ...dropout, row0, N, cols: inDim })
+        const rd = { N, inDim, outDim, R, scale }
+        const ref = refForward(xs, a, b, mask, rd)
+        const rg = refBackward(dys, xs, a, b, ref.t, mask, rd)
+        const run = async () => {
+          const params = up(flat), grads = up(g0)
+          const [xb, yb, dyb, dxb, t, dt] = [up(x), up(y0), up(dy), up(dx0), zeros(N * R), zeros(N * R)]
+          const step = ctx.begin()
+          const refs = { a: { buffer: params, offset: aOff }, b: { buffer: params, offset: bOff } }
+          loraForward(step, { y: yb, x: xb, t, ...refs }, dims)
+          loraBackward(step, {
+            dy: dyb,
+            x: xb,
+            dx: dxb,
+            ...refs,
+            da: { buffer: grads, offset: aOff },
+            db: { buffer: grads, offset: bOff },
+            t,
+            dt,
+          }, dims)
+          return (await ctx.read([yb, t, dxb, grads], step)).map((u) => new Float32Array(u))
+        }
+        const [y, t, dx, g] = await run()
+        const what = `R=${R} p=${p}`
+        const rowsOf = (v: Float32Array, w: number) => v.subarray(row0 * w, (row0 + N) * w)
+        const minus = (u: Float32Array, v: Float32Array) => u.map((q, k) => q - v[k])
+        const checks: [string, ArrayLike<number>, Vec][] = [
+          ["t", t.subarray(0, N * R), ref.t],
+          ["y", minus(rowsOf(y.subarray(0, rows * outDim), outDim), rowsOf(y0, outDim)), ref.dy],
+          ["dx", minus(rowsOf(dx.subarray(0, rows * inDim), inDim), rowsOf(dx0, inDim)), rg.dx],
+          ["dA", minus(g.subarray(aOff, aOff + R * inDim), g0.subarray(aOff, aOff + R * inDim)), rg.da],
+          ["dB", minus(g.subarray(bOff, bOff + outDim * R), g0.subarray(bOff, bOff + outDim * R)), rg.db],
+        ]
+        for (const [name, got, want] of checks) {
+          const e = relErr(got, want)
+          assert.ok(e <= 1e-4, `${what} ${name}: rel err ${e}`)
+          if (Deno.env.get("SHOW_ERR")) console.log(`${what} ${name} ${e.toExponential(2)}`)
+        }
+        // untouched: rows outside the range, gradient padding around A and B
+        assert.deepEqual(y.subarray(0, row0 * outDim), y0.subarray(0, row0 * outDim))
+        assert.deepEqual(y.subarray((row0 + N) * outDim, rows * outDim), y0.subarray((row0 + N) * outDim))
+        assert.deepEqual(dx.subarray(0, row0 * inDim), dx0.subarray(0, row0 * inDim))
+        assert.deepEqual(g.subarray(0, aOff), g0.subarray(0, aOff))
+        assert.deepEqual(g.subarray(aOff + R * inDim, bOff), g0.subarray(aOff + R * inDim, bOff))
+        assert.deepEqual(g.subarray(bOff + outDim * R, flat.length), g0.subarray(bOff + outDim * R))
+        const again = await run()
+        for (const [k, v] of [y, t, dx, g].entries()) assert.deepEqual(again[k], v, `${what}: run-to-run bits`)
+      }
+    }
+  } finally {
+    for (const b of made) ctx.release(b)
+    ctx.forgetBindGroups()
+  }
+})
