@@ -21,7 +21,14 @@ import { swigluForward } from "../kernels/swiglu.ts"
 import { checkBatch, lengthsU32, nextTokenTargets } from "../reference/batch.ts"
 import { activationOf } from "../reference/swiglu.ts"
 import type { DeviceBase } from "./base_weights.ts"
-import { type AdapterRows, LoraSaved, loraProjectionForward } from "./adapter_layers.ts"
+import {
+  type AdapterRows,
+  LoraSaved,
+  loraProjectionForward,
+  moeDownForward,
+  moeExpertsForward,
+  type MoeState,
+} from "./adapter_layers.ts"
 import type { BatchDescriptor, Projection } from "./types.ts"
 
 /** Activations of one decoder layer (kept per layer when the backward will need them). */
@@ -154,6 +161,7 @@ export class LlamaModel {
     batch: BatchDescriptor,
     adapters: readonly AdapterRows[] = [],
     saved: LoraSaved = new LoraSaved(this.pool),
+    moe: MoeState | null = null,
   ): void {
     const c = this.base.config
     const { hiddenSize: D, intermediateSize: F, numHeads: H, numKvHeads: KV, headDim: Dh, vocabSize: V } = c
@@ -183,8 +191,11 @@ export class LlamaModel {
       proj("gate_proj", a.n2, a.g)
       proj("up_proj", a.n2, a.u)
       swigluForward(step, { h: a.h, g: a.g, u: a.u }, { N, F, act })
+      // MixLoRA rows: h becomes the routing-weighted mix of expert activations; W2 then runs once on it
+      if (moe) moeExpertsForward(step, c, moe, i, batch, { x: a.n2, g: a.g, u: a.u, h: a.h, lengths: bufs.lengths })
       step.copy(a.xMid, 0, next, 0, N * D * 4)
       proj("down_proj", a.h, next, true)
+      if (moe) moeDownForward(step, c, moe, i, batch, next)
     })
     rmsnormForward(step, { y: bufs.nf, rstd: bufs.rstdf, x: bufs.xOut, w: this.base.norm }, { N, D, eps })
     linear(step, { x: bufs.nf, w: this.base.lmHead, y: bufs.logits }, { M: N })

@@ -21,7 +21,15 @@ import { rmsnormBackward } from "../kernels/rmsnorm.ts"
 import { ropeBackward } from "../kernels/rope.ts"
 import { swigluBackward } from "../kernels/swiglu.ts"
 import { activationOf } from "../reference/swiglu.ts"
-import { type AdapterRows, loraProjectionBackward, type LoraSaved } from "./adapter_layers.ts"
+import {
+  type AdapterRows,
+  loraProjectionBackward,
+  type LoraSaved,
+  moeAux,
+  moeExpertsBackward,
+  moeInputBackward,
+  type MoeState,
+} from "./adapter_layers.ts"
 import type { ForwardBuffers, LlamaModel } from "./llama.ts"
 import type { BatchDescriptor, Projection } from "./types.ts"
 
@@ -41,6 +49,7 @@ export function encodeBackward(
   batch: BatchDescriptor,
   adapters: readonly AdapterRows[],
   saved: LoraSaved,
+  moe: MoeState | null,
   opts: BackwardOptions = {},
 ): void {
   const base = model.base, c = base.config, pool = model.pool
@@ -55,6 +64,13 @@ export function encodeBackward(
   const dv = f("dv", N * KV * Dh), stats = f("attn stats", batch.rows * H * batch.seqLen * 2)
   const lora = (layer: number, p: Projection, io: { x: GPUBuffer; dy: GPUBuffer; dx?: GPUBuffer }) => {
     if (adapters.length) loraProjectionBackward(step, c, adapters, saved, pool, layer, p, io)
+  }
+
+  const dgm = moe?.entries.length ? f("moe dg0", N * F) : null, dum = moe?.entries.length ? f("moe du0", N * F) : null
+  if (moe) {
+    // load balancing over all layers of each MixLoRA adapter: its gradient enters at each router backward
+    const factor = new Map(adapters.map((r, s) => [r, opts.factors?.[s] ?? 1]))
+    moeAux(step, c, moe, factor)
   }
 
   // loss → logits → final norm
@@ -74,11 +90,29 @@ export function encodeBackward(
     // FFN: dx is the gradient of the layer output (= xMid + down(h))
     linearBackwardInput(step, { dy: dx, w: w.proj.down_proj, dx: dh }, { M: N })
     lora(i, "down_proj", { x: a.h, dy: dx, dx: dh })
+    // MixLoRA rows: dh is dmix; their dg0, du0 come from the experts (before swiglu_bwd overwrites g, u)
+    if (moe && dgm && dum) {
+      moeExpertsBackward(step, c, moe, i, batch, {
+        dy: dx,
+        x: a.n2,
+        dmix: dh,
+        g0: a.g,
+        u0: a.u,
+        dg0: dgm,
+        du0: dum,
+        lengths: bufs.lengths,
+      })
+    }
     swigluBackward(step, { dg: a.g, du: a.u, dh, g: a.g, u: a.u }, { N, F, act: activationOf(c.hiddenAct) })
+    for (const m of moe?.entries ?? []) {
+      step.copy(dgm!, m.rows.row0 * F * 4, a.g, m.rows.row0 * F * 4, m.rows.N * F * 4)
+      step.copy(dum!, m.rows.row0 * F * 4, a.u, m.rows.row0 * F * 4, m.rows.N * F * 4)
+    }
     linearBackwardInput(step, { dy: a.g, w: w.proj.gate_proj, dx: dn }, { M: N })
     linearBackwardInput(step, { dy: a.u, w: w.proj.up_proj, dx: dn }, { M: N, accumulate: true })
     lora(i, "gate_proj", { x: a.n2, dy: a.g, dx: dn })
     lora(i, "up_proj", { x: a.n2, dy: a.u, dx: dn })
+    if (moe) moeInputBackward(step, c, moe, i, batch, dn)
     rmsnormBackward(step, { dx, dy: dn, x: a.xMid, w: w.postAttentionNorm, rstd: a.rstd2 }, {
       N,
       D,
@@ -115,5 +149,5 @@ export function encodeBackward(
       rmsnormBackward(step, { dx, dy: below, x: a.xIn, w: w.inputNorm, rstd: a.rstd1 }, { N, D, accumulate: true })
     }
   }
-  for (const b of [gscale, dx, dn, dh, dattn, dq, dk, dv, stats]) pool.release(b)
+  for (const b of [gscale, dx, dn, dh, dattn, dq, dk, dv, stats, dgm, dum]) if (b) pool.release(b)
 }

@@ -10,7 +10,7 @@
  */
 import { padBatch } from "../data/batches.ts"
 import type { AdapterRows } from "../model/adapter_layers.ts"
-import { LoraSaved } from "../model/adapter_layers.ts"
+import { LoraSaved, MoeState } from "../model/adapter_layers.ts"
 import type { Step } from "../gpu/context.ts"
 import type { LlamaModel } from "../model/llama.ts"
 import { encodeBackward } from "../model/llama_backward.ts"
@@ -98,10 +98,11 @@ export class Trainer {
     const model = this.model
     const bufs = model.allocate(batch, { keepActivations: true })
     const saved = new LoraSaved(model.pool)
+    const moe = new MoeState(model.pool, model.base.config, adapters)
     model.writeBatch(bufs, batch, { targets })
     const step = this.ctx.begin("train")
-    model.encodeForward(step, bufs, batch, adapters, saved)
-    encodeBackward(step, model, bufs, batch, adapters, saved, {
+    model.encodeForward(step, bufs, batch, adapters, saved, moe)
+    encodeBackward(step, model, bufs, batch, adapters, saved, moe, {
       factors: parts.map((p) => 1 / p.job.cfg.accumulationSteps),
     })
     const stepped: TrainJob[] = []
@@ -125,6 +126,7 @@ export class Trainer {
     step.submit()
     model.free(bufs)
     saved.release()
+    moe.release()
     this.microSteps++
     const due = stepped.filter((j) => this.opts.saveStep > 0 && j.step % this.opts.saveStep === 0)
     if (due.length > 0 || this.logSlots >= this.readEvery) await this.flush()
