@@ -69,7 +69,8 @@ export function encodeBackward(
   const dgm = moe?.entries.length ? f("moe dg0", N * F) : null, dum = moe?.entries.length ? f("moe du0", N * F) : null
   if (moe) {
     // load balancing over all layers of each MixLoRA adapter: its gradient enters at each router backward
-    const factor = new Map(adapters.map((r, s) => [r, opts.factors?.[s] ?? 1]))
+    const segmentOf = (r: AdapterRows) => batch.segments.findIndex((s) => s.start * batch.seqLen === r.row0)
+    const factor = new Map(adapters.map((r) => [r, opts.factors?.[segmentOf(r)] ?? 1]))
     moeAux(step, c, moe, factor)
   }
 
