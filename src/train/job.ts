@@ -55,6 +55,15 @@ export function adapterSpecOf(cfg: AdapterConfig): AdapterSpec {
   }
 }
 
+/** Whether every parameter of `w` is finite. */
+function allFinite(w: AdapterWeights): boolean {
+  const ok = (a: Float32Array) => a.every(Number.isFinite)
+  return w.layers.every((l) =>
+    Object.values(l.lora).every((p) => ok(p!.a) && ok(p!.b)) && (!l.router || ok(l.router)) &&
+    (l.experts ?? []).every((e) => Object.values(e).every((p) => ok(p!.a) && ok(p!.b)))
+  )
+}
+
 /** FNV-1a of a string: per-adapter seeds that don't depend on the adapter's position in the config. */
 const hashName = (s: string) => {
   let h = 0x811c9dc5
@@ -176,9 +185,17 @@ export class TrainJob {
     return learningRateAt(this.schedule, this.opt.step)
   }
 
-  /** Writes checkpoint-{step}: weights, optimizer state, counters, data position and RNG (two round trips). */
-  async checkpoint(): Promise<string> {
+  /**
+   * Writes checkpoint-{step}: weights, optimizer state, counters, data position and RNG (two round trips).
+   * Weights that are no longer finite are never saved: the job fails instead and keeps its last checkpoint.
+   */
+  async checkpoint(): Promise<string | null> {
     const weights = await downloadAdapter(this.ctx, this.dev)
+    if (!allFinite(weights)) {
+      this.status = "failed"
+      this.failure = `weights are not finite at step ${this.step}`
+      return null
+    }
     const optimizer = await this.opt.readState()
     const it = this.iter.state()
     const path = await saveCheckpoint(this.opts.dir, this.name, this.step, {

@@ -133,7 +133,11 @@ export class Trainer {
     for (const job of due) {
       if (job.status !== "running") continue
       const path = await job.checkpoint()
-      this.opts.onEvent?.(`${job.name}: checkpoint ${path}`)
+      this.opts.onEvent?.(
+        path
+          ? `${job.name}: checkpoint ${path}`
+          : `${job.name}: stopped, ${job.failure}; its last good checkpoint (step ${job.lastCheckpoint}) is kept`,
+      )
     }
     return true
   }
