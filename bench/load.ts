@@ -34,7 +34,7 @@ export async function makeBigCheckpoint(dir: string): Promise<number> {
   } catch { /* not there yet: create it */ }
   await Deno.mkdir(dir, { recursive: true })
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(c, null, 2))
-  const rng = new Rng(1234)
+  const rng = Rng.fromSeed(1234)
   const fill = (n: number) => {
     const a = new Float32Array(n)
     for (let i = 0; i < n; i++) a[i] = (rng.nextFloat() - 0.5) * 0.04

@@ -81,3 +81,34 @@ if (want("forward")) {
   ))
   ctx.destroy()
 }
+
+if (want("train")) {
+  const { GpuContext } = await import("../src/gpu/context.ts")
+  const { benchTrain } = await import("./train.ts")
+  const { uploadBase } = await import("../src/model/base_weights.ts")
+  const { ensureDefaultModel } = await import("../src/model/default_model.ts")
+  const { readLlamaConfig } = await import("../src/model/hf_config.ts")
+  const ctx = await GpuContext.create()
+  const dir = await ensureDefaultModel()
+  const base = await uploadBase(ctx, dir, await readLlamaConfig(dir), { load8bit: true })
+  console.log(`\n## training, embedded model (int8 base), K adapters packed vs one after another (${ctx.description})`)
+  console.log("adapters alternate LoRA r=8 (q,k,v,o) and MixLoRA top-2 of 4 (q,v + gate/up/down); 24 examples each")
+  const rows = await benchTrain(ctx, base)
+  console.log(table(
+    ["K", "mode", "tokens/s", "seconds", "optimizer steps", "round trips / opt step", "peak device memory"],
+    rows.map((r) => [
+      String(r.K),
+      r.mode,
+      r.tokensPerSecond.toFixed(0),
+      r.seconds.toFixed(1),
+      String(r.optimizerSteps),
+      r.roundTripsPerOptimizerStep.toFixed(2),
+      formatBytes(r.peakDeviceBytes),
+    ]),
+  ))
+  for (const K of new Set(rows.map((r) => r.K))) {
+    const p = rows.find((r) => r.K === K && r.mode === "packed")!, s = rows.find((r) => r.K === K && r.mode === "sequential")!
+    console.log(`K=${K}: packed / sequential tokens/s = ${(p.tokensPerSecond / s.tokensPerSecond).toFixed(2)}×`)
+  }
+  ctx.destroy()
+}

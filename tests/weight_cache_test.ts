@@ -44,6 +44,8 @@ Deno.test("weight cache: int8 projections take about a quarter of the f32 bytes"
     layer(),
   )))
   const ratio = bytes.base_int8 / bytes.base_f32
-  // 1 byte per weight + 4 bytes of scale per row of K ≥ 128 weights, padding aside
-  assert.ok(ratio > 0.25 && ratio <= 0.27, `int8/f32 projection bytes = ${ratio}`)
+  // 1 byte per weight vs 4, + a 4-byte scale per row; texture rows are padded to a non-power-of-two texel
+  // count (src/kernels/matmul.ts npot: 9 int8 texels instead of 8 at K = 128, 33 f32 texels instead of 32),
+  // which on this tiny model is worth 0.25 × 9/8 × 32/33 ≈ 0.273 at most
+  assert.ok(ratio > 0.25 && ratio <= 0.275, `int8/f32 projection bytes = ${ratio}`)
 })
