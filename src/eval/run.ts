@@ -1,0 +1,174 @@
+/**
+ * The work behind `deno task eval`, apart from flag parsing so that tests can call it: `prepareEvaluation`
+ * reads and checks everything on the host (config, test data, saved adapters), `runEvaluation` packs the
+ * adapters into shared forwards on the device (src/eval/evaluate.ts).
+ *
+ * "Before" adapters are freshly initialised exactly as `deno task train --seed S` starts them
+ * (src/train/job.ts: seed S ^ FNV-1a(name), `initAdapter(spec, model, Rng.fromSeed(seed).fork("init"))`),
+ * so the before/after columns show what training changed.
+ * @module
+ */
+import { join } from "node:path"
+import { loadTrainConfig, type TrainConfig } from "../config/train_config.ts"
+import { loadPromptTemplate, loadRecords } from "../data/records.ts"
+import { type Example, tokenizeRecords } from "../data/tokenize.ts"
+import { ConfigError } from "../errors.ts"
+import type { GpuContext } from "../gpu/context.ts"
+import { loadTokenizer } from "../io/tokenizer.ts"
+import type { AdapterWeights } from "../model/adapter.ts"
+import { initAdapter } from "../model/adapter_init.ts"
+import { loadAdapter } from "../model/adapter_io.ts"
+import type { DeviceBase } from "../model/base_weights.ts"
+import { readLlamaConfig } from "../model/hf_config.ts"
+import { LlamaModel } from "../model/llama.ts"
+import type { LlamaConfig } from "../model/types.ts"
+import { adapterSpecOf } from "../train/job.ts"
+import { Rng } from "../util/rng.ts"
+import { type EvalResult, type EvalStats, type EvalTask, evaluate } from "./evaluate.ts"
+
+export interface EvalFlags {
+  /** HF model directory */
+  readonly baseDir: string
+  /** training config (m-LoRA JSON) naming the adapters and their `test_data` */
+  readonly config: string
+  /** where `deno task train` saved the adapters (`{dir}/{name}/`) */
+  readonly dir: string
+  /** seed of the fresh "before" adapters (`deno task train --seed`) */
+  readonly seed: number
+  /** also evaluate fresh adapters (the "before training" columns) */
+  readonly before: boolean
+}
+
+/** One adapter ready to evaluate: trained weights from `--dir`, and fresh weights when asked. */
+export interface PreparedAdapter {
+  readonly name: string
+  readonly trained: AdapterWeights
+  readonly fresh: AdapterWeights | null
+  readonly examples: readonly Example[]
+  readonly testBatchSize: number
+  readonly padSide: "left" | "right"
+  readonly testData: string
+}
+
+export interface PreparedEvaluation {
+  readonly flags: EvalFlags
+  readonly model: LlamaConfig
+  readonly train: TrainConfig
+  readonly adapters: readonly PreparedAdapter[]
+  readonly padId: number
+  /** lines to print: unknown config keys, adapters without test_data */
+  readonly warnings: readonly string[]
+}
+
+export interface EvalSummary {
+  readonly after: readonly EvalResult[]
+  /** fresh adapters, same order; null unless `flags.before` */
+  readonly before: readonly EvalResult[] | null
+  readonly stats: EvalStats
+}
+
+/** FNV-1a of a string (as src/train/job.ts derives per-adapter seeds). */
+function hashName(s: string): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0
+  return h
+}
+
+/** The weights `deno task train --seed seed` starts adapter `cfg` from. */
+export function freshAdapter(
+  cfg: TrainConfig["adapters"][number],
+  model: LlamaConfig,
+  seed: number,
+): AdapterWeights {
+  return initAdapter(adapterSpecOf(cfg), model, Rng.fromSeed((seed ^ hashName(cfg.name)) >>> 0).fork("init"))
+}
+
+const isDir = (path: string) => Deno.stat(path).then((s) => s.isDirectory, () => false)
+
+/**
+ * Loads config, tokenizer, test data and each adapter saved under `flags.dir`; throws a ConfigError /
+ * SafetensorsError naming the file and key (or tensor) on any problem, before the device is touched.
+ */
+export async function prepareEvaluation(flags: EvalFlags): Promise<PreparedEvaluation> {
+  const { config: train, warnings } = await loadTrainConfig(flags.config)
+  const model = await readLlamaConfig(flags.baseDir)
+  const tokenizer = await loadTokenizer(flags.baseDir)
+  const adapters: PreparedAdapter[] = []
+  const skipped: string[] = []
+  for (const a of train.adapters) {
+    if (a.testData === null) {
+      skipped.push(a.name)
+      continue
+    }
+    const examples = tokenizeRecords(await loadRecords(a.testData), tokenizer, {
+      cutoffLen: train.cutoffLen,
+      trainOnInputs: a.trainOnInputs,
+      template: await loadPromptTemplate(a.prompt),
+      file: a.testData,
+    })
+    const path = join(flags.dir, a.name)
+    if (!(await isDir(path))) {
+      throw new ConfigError({
+        file: path,
+        key: "",
+        reason: `no saved adapter "${a.name}" here; run deno task train first, or point --dir at its output`,
+      })
+    }
+    adapters.push({
+      name: a.name,
+      trained: await loadAdapter(flags.dir, a.name, model),
+      fresh: flags.before ? freshAdapter(a, model, flags.seed) : null,
+      examples,
+      testBatchSize: a.testBatchSize,
+      padSide: a.expandSide,
+      testData: a.testData,
+    })
+  }
+  if (adapters.length === 0) {
+    throw new ConfigError({ file: flags.config, key: "lora", reason: "no adapter has test_data to evaluate" })
+  }
+  const notes = skipped.length ? [`${flags.config}: no test_data, not evaluated: ${skipped.join(", ")}`] : []
+  return { flags, model, train, adapters, padId: tokenizer.padId, warnings: [...warnings, ...notes] }
+}
+
+/** Evaluates the trained (and fresh) adapters of `p`, all packed into shared forwards. */
+export async function runEvaluation(
+  ctx: GpuContext,
+  base: DeviceBase,
+  p: PreparedEvaluation,
+  opts: { onBatch?: (done: number, total: number) => void } = {},
+): Promise<EvalSummary> {
+  const task = (a: PreparedAdapter, weights: AdapterWeights): EvalTask => ({
+    name: a.name,
+    weights,
+    examples: a.examples,
+    batchSize: a.testBatchSize,
+    padSide: a.padSide,
+    file: a.testData,
+  })
+  const tasks = p.adapters.map((a) => task(a, a.trained))
+  const fresh = p.adapters.flatMap((a) => a.fresh ? [task(a, a.fresh)] : [])
+  const model = new LlamaModel(ctx, base)
+  try {
+    const { results, stats } = await evaluate(model, [...tasks, ...fresh], { padId: p.padId, onBatch: opts.onBatch })
+    return {
+      after: results.slice(0, tasks.length),
+      before: fresh.length ? results.slice(tasks.length) : null,
+      stats,
+    }
+  } finally {
+    model.pool.clear()
+  }
+}
+
+/** The `--report` JSON of spec §7: `{"adapters": [{name, loss, perplexity, tokens, accuracy}]}` (no generations). */
+export function reportJson(results: readonly EvalResult[]): string {
+  const adapters = results.map((r) => ({
+    name: r.name,
+    loss: r.loss,
+    perplexity: r.perplexity,
+    tokens: r.tokens,
+    accuracy: r.accuracy,
+  }))
+  return JSON.stringify({ adapters }, null, 2) + "\n"
+}
