@@ -107,7 +107,8 @@ if (want("train")) {
     ]),
   ))
   for (const K of new Set(rows.map((r) => r.K))) {
-    const p = rows.find((r) => r.K === K && r.mode === "packed")!, s = rows.find((r) => r.K === K && r.mode === "sequential")!
+    const p = rows.find((r) => r.K === K && r.mode === "packed")!,
+      s = rows.find((r) => r.K === K && r.mode === "sequential")!
     console.log(`K=${K}: packed / sequential tokens/s = ${(p.tokensPerSecond / s.tokensPerSecond).toFixed(2)}×`)
   }
   ctx.destroy()

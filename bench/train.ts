@@ -48,24 +48,27 @@ async function jobsFor(ctx: GpuContext, model: LlamaConfig, K: number, dir: stri
     lora_alpha: 16,
     lora_dropout: 0.05,
     data: "data.jsonl",
-    ...(i % 2 === 0
-      ? { target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"] }
-      : {
-        target_modules: ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
-        routing_strategy: "mixlora",
-        num_experts: 4,
-        top_k: 2,
-      }),
+    ...(i % 2 === 0 ? { target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"] } : {
+      target_modules: ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"],
+      routing_strategy: "mixlora",
+      num_experts: 4,
+      top_k: 2,
+    }),
   }))
-  const { config } = await parseTrainConfig({ cutoff_len: 64, save_step: 1_000_000, lora: adapters }, `${dir}/bench.json`)
-  return Promise.all(config.adapters.map((a, i) =>
-    TrainJob.create(ctx, model, config, a, syntheticExamples(24, model.vocabSize, 100 + i), {
-      seed: 1,
-      dir: `${dir}/out`,
-      baseModel: "default",
-      resume: false,
-    })
-  ))
+  const { config } = await parseTrainConfig(
+    { cutoff_len: 64, save_step: 1_000_000, lora: adapters },
+    `${dir}/bench.json`,
+  )
+  return Promise.all(
+    config.adapters.map((a, i) =>
+      TrainJob.create(ctx, model, config, a, syntheticExamples(24, model.vocabSize, 100 + i), {
+        seed: 1,
+        dir: `${dir}/out`,
+        baseModel: "default",
+        resume: false,
+      })
+    ),
+  )
 }
 
 const total = (ctx: GpuContext) => Object.values(ctx.memory()).reduce((a, b) => a + b, 0)

@@ -169,7 +169,7 @@ for (const load8bit of [false, true]) {
       model.encodeForward(step2, bufs, batch, rows, saved, moe)
       encodeBackward(step2, model, bufs, batch, rows, saved, moe, { factors })
       step2.submit()
-      segments.forEach((s, i) => {
+      segments.forEach((_s, i) => {
         const r = ref.losses[i]
         assert.equal(losses[2 * i + 1], r.count, `segment ${i} count`)
         assert.ok(Math.abs(losses[2 * i] - r.loss) <= 1e-4 * r.loss, `segment ${i} loss ${losses[2 * i]} vs ${r.loss}`)
@@ -195,7 +195,11 @@ Deno.test("one SGD step from a loaded adapter ends at w − lr·grad with the re
   const model = new LlamaModel(ctx, await uploadHostBase(ctx, CONFIG, host, { load8bit: false }))
   const tmp = await Deno.makeTempDir({ prefix: "mixlora-sgd-" })
   try {
-    const spec = { ...moeSpec("sgd_moe", "mixlora"), dropout: 0, moe: { ...moeSpec("x", "mixlora").moe!, jitterNoise: 0 } }
+    const spec = {
+      ...moeSpec("sgd_moe", "mixlora"),
+      dropout: 0,
+      moe: { ...moeSpec("x", "mixlora").moe!, jitterNoise: 0 },
+    }
     await saveAdapter(tmp, "sgd_moe", randomAdapter(spec, 77), { baseModel: "random" })
     const w = await loadAdapter(tmp, "sgd_moe", CONFIG)
     const rng = Rng.fromSeed(9)

@@ -88,14 +88,16 @@ Deno.test("train: killed after a checkpoint and resumed with --load_adapter ends
     await runTraining(ctx, base, full)
     // interrupted: run the trainer until the first checkpoint of every job, then drop everything
     const part = await prepareTraining(flags(`${tmp}/b`, config))
-    const jobs = await Promise.all(part.train.adapters.map((a) =>
-      TrainJob.create(ctx, part.model, part.train, a, part.examples.get(a.name)!, {
-        seed: 7,
-        dir: `${tmp}/b/out`,
-        baseModel: baseDir,
-        resume: false,
-      })
-    ))
+    const jobs = await Promise.all(
+      part.train.adapters.map((a) =>
+        TrainJob.create(ctx, part.model, part.train, a, part.examples.get(a.name)!, {
+          seed: 7,
+          dir: `${tmp}/b/out`,
+          baseModel: baseDir,
+          resume: false,
+        })
+      ),
+    )
     const trainer = new Trainer(new LlamaModel(ctx, base), jobs, {
       saveStep: 2,
       simultaneous: 2,
@@ -142,8 +144,16 @@ const PRELOAD = new URL("../src/no_async_hooks.ts", import.meta.url).pathname
 for (
   const [what, edit, pattern] of [
     ["r ≤ 0", (c: Record<string, unknown>[]) => (c[0].r = 0), /lora\[0\]\(copy\)\.r/],
-    ["batch not divisible by micro-batch", (c: Record<string, unknown>[]) => (c[1].batch_size = 7), /lora\[1\]\(moe\)\.(micro_)?batch_size/],
-    ["unknown routing strategy", (c: Record<string, unknown>[]) => (c[1].routing_strategy = "sparse"), /lora\[1\]\(moe\)\.routing_strategy/],
+    [
+      "batch not divisible by micro-batch",
+      (c: Record<string, unknown>[]) => (c[1].batch_size = 7),
+      /lora\[1\]\(moe\)\.(micro_)?batch_size/,
+    ],
+    [
+      "unknown routing strategy",
+      (c: Record<string, unknown>[]) => (c[1].routing_strategy = "sparse"),
+      /lora\[1\]\(moe\)\.routing_strategy/,
+    ],
     ["missing data file", (c: Record<string, unknown>[]) => (c[0].data = "nope.jsonl"), /lora\[0\]\(copy\)\.data/],
   ] as const
 ) {

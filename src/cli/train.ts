@@ -33,7 +33,10 @@ const train = Command.make(
     dir: Flag.String("dir").pipe(Flag.withDescription("Where adapters and checkpoints go"), Flag.withDefault("runs")),
     seed: Flag.Int("seed").pipe(Flag.withDescription("Seed of data order, init and dropout"), Flag.withDefault(42)),
     device: deviceFlag,
-    logFile: Flag.String("log_file").pipe(Flag.withDescription("Append progress lines to this file"), Flag.withDefault("")),
+    logFile: Flag.String("log_file").pipe(
+      Flag.withDescription("Append progress lines to this file"),
+      Flag.withDefault(""),
+    ),
     overwrite: Flag.Boolean("overwrite").pipe(
       Flag.withDescription("Replace adapters already saved in --dir"),
       Flag.withDefault(false),

@@ -100,12 +100,14 @@ export async function runTraining(ctx: GpuContext, base: DeviceBase, p: Prepared
   }
   const jobs: TrainJob[] = []
   for (const a of train.adapters) {
-    jobs.push(await TrainJob.create(ctx, p.model, train, a as AdapterConfig, p.examples.get(a.name)!, {
-      seed: flags.seed,
-      dir: flags.dir,
-      baseModel: flags.baseDir,
-      resume: flags.loadAdapter,
-    }))
+    jobs.push(
+      await TrainJob.create(ctx, p.model, train, a as AdapterConfig, p.examples.get(a.name)!, {
+        seed: flags.seed,
+        dir: flags.dir,
+        baseModel: flags.baseDir,
+        resume: flags.loadAdapter,
+      }),
+    )
   }
   const model = new LlamaModel(ctx, base)
   const board = new ProgressBoard()
@@ -113,7 +115,14 @@ export async function runTraining(ctx: GpuContext, base: DeviceBase, p: Prepared
   const log = flags.logFile ? await Deno.open(flags.logFile, { append: true, create: true }) : null
   const write = (line: string) => log?.writeSync(new TextEncoder().encode(`${new Date().toISOString()} ${line}\n`))
   const rows = () =>
-    jobs.map((j) => ({ name: j.name, step: j.step, total: j.totalSteps, loss: j.lastLoss, tokens: j.tokens, status: j.status }))
+    jobs.map((j) => ({
+      name: j.name,
+      step: j.step,
+      total: j.totalSteps,
+      loss: j.lastLoss,
+      tokens: j.tokens,
+      status: j.status,
+    }))
   const t0 = performance.now()
   const trips0 = ctx.roundTrips
   let peak = 0

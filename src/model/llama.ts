@@ -23,8 +23,8 @@ import { activationOf } from "../reference/swiglu.ts"
 import type { DeviceBase } from "./base_weights.ts"
 import {
   type AdapterRows,
-  LoraSaved,
   loraProjectionForward,
+  LoraSaved,
   moeDownForward,
   moeExpertsForward,
   type MoeState,

@@ -117,12 +117,16 @@ export class Trainer {
         stepped.push(job)
       }
     }
-    this.appendLog(step, bufs.segLoss, parts.map((p, slot) => ({
-      job: p.job,
-      slot,
-      microStep: p.job.microSteps,
-      tokens: p.examples.reduce((n, e) => n + e.ids.length, 0),
-    })))
+    this.appendLog(
+      step,
+      bufs.segLoss,
+      parts.map((p, slot) => ({
+        job: p.job,
+        slot,
+        microStep: p.job.microSteps,
+        tokens: p.examples.reduce((n, e) => n + e.ids.length, 0),
+      })),
+    )
     step.submit()
     model.free(bufs)
     saved.release()
