@@ -61,7 +61,7 @@ async function jobsFor(ctx: GpuContext, model: LlamaConfig, K: number, dir: stri
   )
   return Promise.all(
     config.adapters.map((a, i) =>
-      TrainJob.create(ctx, model, config, a, syntheticExamples(24, model.vocabSize, 100 + i), {
+      TrainJob.create(ctx, model, a, syntheticExamples(24, model.vocabSize, 100 + i), {
         seed: 1,
         dir: `${dir}/out`,
         baseModel: "default",

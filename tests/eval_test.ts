@@ -335,7 +335,7 @@ Deno.test("eval: the fresh 'before' adapters are the weights deno task train sta
     const { config: train } = await loadTrainConfig(await cliSetup(tmp))
     for (const cfg of train.adapters) {
       const examples = tokenize(await loadRecords(cfg.data), cfg.data)
-      const job = await TrainJob.create(ctx, config, train, cfg, examples, {
+      const job = await TrainJob.create(ctx, config, cfg, examples, {
         seed: 9,
         dir: `${tmp}/train`,
         baseModel: baseDir,

@@ -90,7 +90,7 @@ Deno.test("train: killed after a checkpoint and resumed with --load_adapter ends
     const part = await prepareTraining(flags(`${tmp}/b`, config))
     const jobs = await Promise.all(
       part.train.adapters.map((a) =>
-        TrainJob.create(ctx, part.model, part.train, a, part.examples.get(a.name)!, {
+        TrainJob.create(ctx, part.model, a, part.examples.get(a.name)!, {
           seed: 7,
           dir: `${tmp}/b/out`,
           baseModel: baseDir,

@@ -101,7 +101,7 @@ export async function runTraining(ctx: GpuContext, base: DeviceBase, p: Prepared
   const jobs: TrainJob[] = []
   for (const a of train.adapters) {
     jobs.push(
-      await TrainJob.create(ctx, p.model, train, a as AdapterConfig, p.examples.get(a.name)!, {
+      await TrainJob.create(ctx, p.model, a as AdapterConfig, p.examples.get(a.name)!, {
         seed: flags.seed,
         dir: flags.dir,
         baseModel: flags.baseDir,

@@ -16,14 +16,12 @@ import { ConfigError } from "../errors.ts"
 import type { GpuContext } from "../gpu/context.ts"
 import { loadTokenizer } from "../io/tokenizer.ts"
 import type { AdapterWeights } from "../model/adapter.ts"
-import { initAdapter } from "../model/adapter_init.ts"
 import { loadAdapter } from "../model/adapter_io.ts"
 import type { DeviceBase } from "../model/base_weights.ts"
 import { readLlamaConfig } from "../model/hf_config.ts"
 import { LlamaModel } from "../model/llama.ts"
 import type { LlamaConfig } from "../model/types.ts"
-import { adapterSpecOf } from "../train/job.ts"
-import { Rng } from "../util/rng.ts"
+import { initialWeights } from "../train/job.ts"
 import { type EvalResult, type EvalStats, type EvalTask, evaluate } from "./evaluate.ts"
 
 export interface EvalFlags {
@@ -67,20 +65,13 @@ export interface EvalSummary {
   readonly stats: EvalStats
 }
 
-/** FNV-1a of a string (as src/train/job.ts derives per-adapter seeds). */
-function hashName(s: string): number {
-  let h = 0x811c9dc5
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0
-  return h
-}
-
 /** The weights `deno task train --seed seed` starts adapter `cfg` from. */
 export function freshAdapter(
   cfg: TrainConfig["adapters"][number],
   model: LlamaConfig,
   seed: number,
 ): AdapterWeights {
-  return initAdapter(adapterSpecOf(cfg), model, Rng.fromSeed((seed ^ hashName(cfg.name)) >>> 0).fork("init"))
+  return initialWeights(cfg, model, seed)
 }
 
 const isDir = (path: string) => Deno.stat(path).then((s) => s.isDirectory, () => false)

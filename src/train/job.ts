@@ -8,7 +8,7 @@
  * a resumed job replays exactly what an uninterrupted one would have done.
  * @module
  */
-import type { AdapterConfig, TrainConfig } from "../config/train_config.ts"
+import type { AdapterConfig } from "../config/train_config.ts"
 import { warmupStepsFor } from "../config/train_config.ts"
 import { EpochIterator, type EpochIteratorState, type MicroBatch } from "../data/batches.ts"
 import type { Example } from "../data/tokenize.ts"
@@ -64,11 +64,16 @@ function allFinite(w: AdapterWeights): boolean {
   )
 }
 
-/** FNV-1a of a string: per-adapter seeds that don't depend on the adapter's position in the config. */
-const hashName = (s: string) => {
+/** The adapter's own seed: `--seed` ^ FNV-1a(name), so it doesn't depend on its position in the config. */
+export function jobSeed(seed: number, name: string): number {
   let h = 0x811c9dc5
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0
-  return h
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0
+  return (seed ^ h) >>> 0
+}
+
+/** The weights a fresh job starts from (also the "before" column of `deno task eval`). */
+export function initialWeights(cfg: AdapterConfig, model: LlamaConfig, seed: number): AdapterWeights {
+  return initAdapter(adapterSpecOf(cfg), model, Rng.fromSeed(jobSeed(seed, cfg.name)).fork("init"))
 }
 
 export type JobStatus = "running" | "done" | "failed"
@@ -111,13 +116,12 @@ export class TrainJob {
   static async create(
     ctx: GpuContext,
     model: LlamaConfig,
-    train: TrainConfig,
     cfg: AdapterConfig,
     examples: readonly Example[],
     opts: JobOptions,
   ): Promise<TrainJob> {
     const spec = adapterSpecOf(cfg)
-    const seed = (opts.seed ^ hashName(cfg.name)) >>> 0
+    const seed = jobSeed(opts.seed, cfg.name)
     const rng = Rng.fromSeed(seed)
     const perEpoch = Math.ceil(examples.length / cfg.microBatchSize)
     const totalSteps = cfg.numEpochs * Math.ceil(perEpoch / cfg.accumulationSteps)
@@ -129,7 +133,7 @@ export class TrainJob {
     }
     const ckpt = opts.resume ? await latestCheckpoint(opts.dir, cfg.name) : null
     const loaded = ckpt ? await loadCheckpoint(ckpt.path, model) : null
-    const weights: AdapterWeights = loaded?.weights ?? initAdapter(spec, model, rng.fork("init"))
+    const weights: AdapterWeights = loaded?.weights ?? initialWeights(cfg, model, opts.seed)
     const state = loaded?.counters.iterator as EpochIteratorState | undefined
     const iter = new EpochIterator(examples, {
       microBatchSize: cfg.microBatchSize,
@@ -152,7 +156,6 @@ export class TrainJob {
       job.tokens = Number(loaded.counters.tokens ?? 0)
       job.lastCheckpoint = loaded.counters.step
     }
-    void train
     if (iter.done) job.status = "done"
     return job
   }

@@ -24,6 +24,8 @@ export interface TrainerOptions {
   /** `train_strategy`: "none" packs jobs in config order; "optim" prefers jobs whose batches pad least */
   readonly strategy: "none" | "optim"
   readonly padId: number
+  /** most tokens (rows × padded length) of one fused batch; default unlimited */
+  readonly maxBatchTokens?: number
   /** micro-steps between loss readbacks */
   readonly readEvery?: number
   /** called after each readback with the jobs whose losses arrived */
@@ -47,7 +49,10 @@ export class Trainer {
   private logSlots = 0
   private readonly readEvery: number
 
-  constructor(readonly model: LlamaModel, readonly jobs: readonly TrainJob[], readonly opts: TrainerOptions) {
+  readonly jobs: TrainJob[]
+
+  constructor(readonly model: LlamaModel, jobs: readonly TrainJob[], readonly opts: TrainerOptions) {
+    this.jobs = [...jobs]
     this.readEvery = opts.readEvery ?? 8
   }
 
@@ -55,19 +60,51 @@ export class Trainer {
     return this.model.ctx
   }
 
-  /** The jobs packed into the next micro-step. */
+  /** Adds a job while others run (it joins the next micro-step it is picked for). */
+  add(job: TrainJob): void {
+    this.jobs.push(job)
+  }
+
+  /** Removes a job (its partly accumulated gradient is dropped); returns whether it was there. */
+  remove(job: TrainJob): boolean {
+    const i = this.jobs.indexOf(job)
+    if (i >= 0) this.jobs.splice(i, 1)
+    this.log = this.log.filter((e) => e.job !== job)
+    return i >= 0
+  }
+
+  /**
+   * The jobs packed into the next micro-step. Fairness first: the jobs that have run the fewest micro-steps
+   * lead (ties in submission order), so no job starves. "none" then packs them in that order; "optim" keeps
+   * the leader and prefers partners whose next micro-batch has a similar length (least padding). A fused
+   * batch never exceeds `maxBatchTokens` (rows × padded length); a job whose micro-batch alone does fails.
+   */
   private pick(): TrainJob[] {
-    const running = this.jobs.filter((j) => j.status === "running")
-    if (this.opts.strategy === "none" || running.length <= this.opts.simultaneous) {
-      return running.slice(0, this.opts.simultaneous)
+    const order = this.jobs.filter((j) => j.status === "running").sort((a, b) => a.microSteps - b.microSteps)
+    const len = (j: TrainJob) => j.iter.peekMaxLength()
+    let ranked = order
+    if (this.opts.strategy === "optim" && order.length > this.opts.simultaneous) {
+      const lead = len(order[0])
+      ranked = [order[0], ...order.slice(1).sort((a, b) => Math.abs(len(a) - lead) - Math.abs(len(b) - lead))]
     }
-    // "optim": the jobs whose next micro-batches are closest in length waste the least padding;
-    // ties (and fairness) go to the job that has run the fewest micro-steps
-    const byLen = running.map((j) => ({ j, len: j.iter.peekMaxLength() ?? 0 }))
-    byLen.sort((a, b) => a.j.microSteps - b.j.microSteps || a.len - b.len)
-    const first = byLen[0]
-    const rest = byLen.slice(1).sort((a, b) => Math.abs(a.len - first.len) - Math.abs(b.len - first.len))
-    return [first, ...rest].slice(0, this.opts.simultaneous).map((x) => x.j)
+    const budget = this.opts.maxBatchTokens ?? Infinity
+    const out: TrainJob[] = []
+    let rows = 0, T = 0
+    for (const j of ranked) {
+      if (out.length === this.opts.simultaneous) break
+      const r = j.cfg.microBatchSize, t = len(j)
+      if (r * t > budget) {
+        j.status = "failed"
+        j.failure = `a micro-batch of ${r} rows × ${t} tokens is over the batch budget of ${budget} tokens`
+        this.opts.onEvent?.(`${j.name}: stopped, ${j.failure}`)
+        continue
+      }
+      if ((rows + r) * Math.max(T, t) > budget) continue
+      out.push(j)
+      rows += r
+      T = Math.max(T, t)
+    }
+    return out
   }
 
   /** One fused micro-step; false when no job has data left. */
