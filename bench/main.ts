@@ -1,7 +1,8 @@
 /**
  * `deno task bench`: every benchmark of the project, figures measured side by side in one run.
- * Sections: base loading (device bytes f32 vs int8, peak host RSS), matmul kernels, forward pass.
- * `deno task bench load|matmul|forward` runs one section.
+ * Sections: base loading (device bytes f32 vs int8, peak host RSS), matmul kernels, forward pass, training,
+ * generation and evaluation (packed across adapters vs one adapter at a time).
+ * `deno task bench load|matmul|forward|train|generate|eval` runs one section.
  * @module
  */
 import { formatBytes, table } from "../src/cli/output.ts"
@@ -111,5 +112,29 @@ if (want("train")) {
       s = rows.find((r) => r.K === K && r.mode === "sequential")!
     console.log(`K=${K}: packed / sequential tokens/s = ${(p.tokensPerSecond / s.tokensPerSecond).toFixed(2)}×`)
   }
+  ctx.destroy()
+}
+
+if (want("generate")) {
+  const { GpuContext } = await import("../src/gpu/context.ts")
+  const { benchGenerate, formatGenerateBench } = await import("./generate.ts")
+  const ctx = await GpuContext.create()
+  console.log(
+    `\n## generation, embedded model (f32 base), 4 adapters packed into one generate call vs one at a time (${ctx.description})`,
+  )
+  console.log("LoRA r=8 (q,k,v,o), MixLoRA top-2 / switch / dynamic of 4 experts (q,v + gate/up/down); greedy, no EOS")
+  console.log(formatGenerateBench(await benchGenerate(ctx)))
+  ctx.destroy()
+}
+
+if (want("eval")) {
+  const { GpuContext } = await import("../src/gpu/context.ts")
+  const { benchEval, formatEvalBench } = await import("./eval.ts")
+  const ctx = await GpuContext.create()
+  console.log(
+    `\n## evaluation, embedded model (f32 base), demo config's 3 fresh adapters on their test data, packed vs one at a time (${ctx.description})`,
+  )
+  console.log("tokens: real tokens forwarded (loss rows + wrong-choice rows); best of 2 rounds after a short warm-up")
+  console.log(formatEvalBench(await benchEval(ctx)))
   ctx.destroy()
 }

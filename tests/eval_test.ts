@@ -10,14 +10,20 @@
  *   choice give 1, to its least liked 0, alternating 0.5;
  * - the CLI: `--report` writes exactly the spec's JSON with the in-process numbers, the table shows before/after
  *   columns, the fresh "before" adapters are what `deno task train` starts from; a missing adapter directory or a
- *   bad test record gives one error line naming it, exit 1.
+ *   bad test record gives one error line naming it, exit 1;
+ * - `--inference`: the report's generations have exactly the spec's keys, the prompts are the test records' prompts
+ *   (or the lines piped to stdin, rendered with the template), at most max_new_tokens new tokens each (EOS only
+ *   last), text = decode(output_ids); greedy runs repeat exactly, seeded sampling too, and the CLI's packed outputs
+ *   equal each adapter generating alone; the terminal stream prints exactly the finished blocks.
  */
 import assert from "node:assert/strict"
 import { loadTrainConfig } from "../src/config/train_config.ts"
 import { padBatch } from "../src/data/batches.ts"
 import { type DataRecord, loadPromptTemplate, loadRecords } from "../src/data/records.ts"
-import { type Example, tokenizeRecords } from "../src/data/tokenize.ts"
+import { type Example, promptIds, tokenizeRecords } from "../src/data/tokenize.ts"
 import { argmax, type EvalTask, evaluate } from "../src/eval/evaluate.ts"
+import { formatGeneration, GenerationStream, type PromptLabel } from "../src/eval/generation_output.ts"
+import { type GenerationSettings, runGenerations } from "../src/eval/generations.ts"
 import { freshAdapter, prepareEvaluation, runEvaluation } from "../src/eval/run.ts"
 import { GpuContext } from "../src/gpu/context.ts"
 import { loadTokenizer } from "../src/io/tokenizer.ts"
@@ -254,13 +260,24 @@ Deno.test("eval: choice scores are the reference log-likelihoods; accuracy is ar
 const EVAL = `${ROOT}src/cli/eval.ts`
 const PRELOAD = `${ROOT}src/no_async_hooks.ts`
 
-async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
+/** Runs `deno task eval` with `args`; `stdin` piped when given, else stdin is /dev/null (never the test's own). */
+async function runCli(
+  args: string[],
+  opts: { stdin?: string } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--preload", PRELOAD, EVAL, ...args],
+    stdin: opts.stdin === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1" },
-  }).output()
+  }).spawn()
+  if (opts.stdin !== undefined) {
+    const w = child.stdin.getWriter()
+    await w.write(new TextEncoder().encode(opts.stdin))
+    await w.close()
+  }
+  const out = await child.output()
   const dec = new TextDecoder()
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) }
 }
@@ -373,10 +390,184 @@ Deno.test("eval cli: a missing adapter or a bad test record → one error line n
     assert.equal(errors(bad.stderr).length, 1, bad.stderr)
     assert.match(errors(bad.stderr)[0], new RegExp(`${FILES[0]}: key "record\\[1\\] \\(line 2\\)\\.instruction"`))
 
-    const gen = await runCli(["--config", file, "--inference"])
-    assert.equal(gen.code, 1)
-    assert.deepEqual(errors(gen.stderr), ["error: --inference: generation is not implemented yet"])
+    const topP = await runCli(["--config", file, "--dir", `${tmp}/out`, "--inference", "--top_p", "2"])
+    assert.equal(topP.code, 1)
+    assert.deepEqual(errors(topP.stderr), ["error: --top_p: 2 must be in [0, 1]"])
+    const maxNew = await runCli(["--config", file, "--dir", `${tmp}/out`, "--inference", "--max_new_tokens", "-1"])
+    assert.equal(maxNew.code, 1)
+    assert.deepEqual(errors(maxNew.stderr), ["error: --max_new_tokens: -1 must be an integer ≥ 0"])
   } finally {
     await Deno.remove(tmp, { recursive: true })
   }
+})
+
+// ---- generation (--inference) ------------------------------------------------------------------------------
+
+type ReportGeneration = { prompt_ids: number[]; output_ids: number[]; text: string }
+type ReportAdapter = Record<string, unknown> & { name: string; generations: ReportGeneration[] }
+
+const MAX_NEW = 6
+const GREEDY: GenerationSettings = { maxNewTokens: MAX_NEW, temperature: 0, topP: 1, topK: 0, seed: 42 }
+
+/** Runs the CLI with --inference and a report; the report's adapters and the CLI's stdout. */
+async function inferenceRun(
+  tmp: string,
+  file: string,
+  args: string[],
+  opts: { stdin?: string } = {},
+): Promise<{ adapters: ReportAdapter[]; stdout: string }> {
+  const report = `${tmp}/report-${crypto.randomUUID().slice(0, 8)}.json`
+  const run = await runCli(
+    [
+      "--config",
+      file,
+      "--dir",
+      `${tmp}/out`,
+      "--inference",
+      "--max_new_tokens",
+      String(MAX_NEW),
+      "--report",
+      report,
+      ...args,
+    ],
+    opts,
+  )
+  assert.equal(run.code, 0, run.stderr)
+  const parsed = JSON.parse(await Deno.readTextFile(report))
+  assert.deepEqual(Object.keys(parsed), ["adapters"])
+  return { adapters: parsed.adapters, stdout: run.stdout }
+}
+
+/** The spec's keys, lengths, EOS only last, text = decode(output_ids). */
+function checkGenerations(adapters: readonly ReportAdapter[], prompts: readonly (readonly number[])[][]): void {
+  assert.equal(adapters.length, SPECS.length)
+  adapters.forEach((a, i) => {
+    assert.deepEqual(Object.keys(a), ["name", "loss", "perplexity", "tokens", "accuracy", "generations"])
+    assert.equal(a.name, SPECS[i].name)
+    assert.equal(typeof a.loss, "number")
+    assert.equal(a.generations.length, prompts[i].length, a.name)
+    a.generations.forEach((g, k) => {
+      assert.deepEqual(Object.keys(g), ["prompt_ids", "output_ids", "text"])
+      assert.deepEqual(g.prompt_ids, prompts[i][k], `${a.name} prompt ${k}`)
+      assert.ok(g.output_ids.length >= 1 && g.output_ids.length <= MAX_NEW, `${a.name} ${k}: ${g.output_ids.length}`)
+      // a request stops early only on EOS, which ends its output
+      g.output_ids.forEach((id, t) => {
+        const last = t === g.output_ids.length - 1
+        assert.ok(Number.isInteger(id) && id >= 0 && id < config.vocabSize)
+        if (!last) assert.notEqual(id, tokenizer.eosId, `${a.name} ${k}: EOS at ${t}`)
+        else if (g.output_ids.length < MAX_NEW) assert.equal(id, tokenizer.eosId)
+      })
+      assert.equal(g.text, tokenizer.decode(g.output_ids, { skipSpecial: true }))
+    })
+  })
+}
+
+Deno.test("eval cli --inference: spec generations from the test prompts; greedy repeats; packed = each adapter alone", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "mixlora-eval-gen-" })
+  try {
+    const file = await cliSetup(tmp)
+    // the first 2 instruction / choice records of each adapter's test data (all of the demo records are)
+    const records = await Promise.all(FILES.map((_, i) => testRecords(i)))
+    const prompts = records.map((rs) => rs.slice(0, 2).map((r) => promptIds(r, tokenizer, template)!))
+    const first = await inferenceRun(tmp, file, ["--num_prompts", "2"])
+    checkGenerations(first.adapters, prompts)
+    // piped but empty stdin falls back to the test data too
+    const second = await inferenceRun(tmp, file, ["--num_prompts", "2"], { stdin: "" })
+    assert.deepEqual(second.adapters, first.adapters)
+    // at least one adapter says something other than EOS at once, and the adapters differ
+    assert.ok(first.adapters.some((a) => a.generations.some((g) => g.output_ids.length > 1)))
+    const outs = first.adapters.map((a) => JSON.stringify(a.generations.map((g) => g.output_ids)))
+    assert.equal(new Set(outs).size, SPECS.length, outs.join("\n"))
+    // the CLI packs the 3 adapters into one generate call; each alone gives the same tokens
+    for (const [i, a] of first.adapters.entries()) {
+      const alone = await runGenerations(
+        model,
+        tokenizer,
+        [{ name: a.name, weights: WEIGHTS[i], prompts: prompts[i] }],
+        {
+          ...GREEDY,
+        },
+      )
+      assert.deepEqual(alone.generations[0].map((g) => g.outputIds), a.generations.map((g) => g.output_ids), a.name)
+    }
+    // the metrics are the ones without --inference
+    const p = await prepareEvaluation({ baseDir, config: file, dir: `${tmp}/out`, seed: 42, before: false })
+    const { after } = await runEvaluation(ctx, base, p)
+    first.adapters.forEach((a, i) => assert.ok(relClose(a.loss as number, after[i].loss, 1e-5), a.name))
+    // non-terminal stdout: one block per adapter and prompt, and the generation summary
+    const blocks = first.adapters.flatMap((a, i) =>
+      a.generations.map((g, k) =>
+        formatGeneration({ adapter: a.name, index: k, count: 2, promptIds: prompts[i][k] }, g.text, tokenizer)
+      )
+    ).join("")
+    assert.ok(first.stdout.includes(blocks), first.stdout)
+    assert.match(first.stdout, /^generation: 6 prompts, \d+ new tokens in [\d.]+ s: [\d.]+ tokens\/s/m)
+
+    // seeded sampling repeats too, and is not greedy
+    const sampled = ["--num_prompts", "2", "--temperature", "1.5", "--top_k", "50", "--seed", "7"]
+    const s1 = await inferenceRun(tmp, file, sampled)
+    const s2 = await inferenceRun(tmp, file, sampled)
+    checkGenerations(s1.adapters, prompts)
+    assert.deepEqual(s2.adapters, s1.adapters)
+    assert.notDeepEqual(s1.adapters.map((a) => a.generations), first.adapters.map((a) => a.generations))
+  } finally {
+    await Deno.remove(tmp, { recursive: true })
+  }
+})
+
+Deno.test("eval cli --inference: lines piped to stdin are the prompts, rendered with each adapter's template", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "mixlora-eval-stdin-" })
+  try {
+    const file = await cliSetup(tmp)
+    const lines = ["Repeat 4711", "Add one to each digit."]
+    const { adapters, stdout } = await inferenceRun(tmp, file, [], { stdin: `${lines[0]}\n\n${lines[1]}\r\n` })
+    const prompts = lines.map((instruction) =>
+      promptIds({ kind: "instruction", instruction, input: "", output: "" }, tokenizer, template)!
+    )
+    assert.equal(tokenizer.decode(prompts[0], { skipSpecial: true }), "### Repeat 4711\n### Response:\n")
+    checkGenerations(adapters, SPECS.map(() => prompts))
+    for (const s of SPECS) {
+      assert.ok(stdout.includes(`── ${s.name} · prompt 2/2 ──\n### Add one to each digit.\n### Response:\n→ `), stdout)
+    }
+  } finally {
+    await Deno.remove(tmp, { recursive: true })
+  }
+})
+
+Deno.test("eval: the terminal stream prints each finished block, then streams the last request token by token", () => {
+  const ids = (text: string) => tokenizer.encode(text, { addBos: false, addEos: false })
+  const labels: PromptLabel[][] = [
+    [{ adapter: "a", index: 0, count: 1, promptIds: ids("### first\n") }],
+    [
+      { adapter: "b", index: 0, count: 2, promptIds: ids("### second\n") },
+      { adapter: "b", index: 1, count: 2, promptIds: ids("### third\n") },
+    ],
+  ]
+  const eos = tokenizer.eosId!
+  const long = ids("one two three four five")
+  const writes: string[] = []
+  const stream = new GenerationStream(labels, {
+    tokenizer,
+    eosId: eos,
+    maxNewTokens: long.length,
+    write: (t) => writes.push(t),
+  })
+  // step 1: every request; then b/0 ends with EOS, then a/0 with EOS; b/1 runs to max_new_tokens alone
+  stream.token({ task: 0, prompt: 0 }, ids("x")[0])
+  stream.token({ task: 1, prompt: 0 }, eos)
+  stream.token({ task: 1, prompt: 1 }, long[0])
+  assert.equal(writes.join(""), formatGeneration(labels[1][0], "", tokenizer))
+  stream.token({ task: 0, prompt: 0 }, eos)
+  stream.token({ task: 1, prompt: 1 }, long[1])
+  const live = writes.length
+  for (const id of long.slice(2)) stream.token({ task: 1, prompt: 1 }, id)
+  stream.end()
+  assert.ok(writes.length - live >= long.length - 2, "the last request is written token by token")
+  const text = (xs: number[]) => tokenizer.decode(xs, { skipSpecial: true })
+  assert.equal(
+    writes.join(""),
+    formatGeneration(labels[1][0], "", tokenizer) +
+      formatGeneration(labels[0][0], text([ids("x")[0], eos]), tokenizer) +
+      formatGeneration(labels[1][1], text(long), tokenizer),
+  )
 })

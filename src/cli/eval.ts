@@ -3,6 +3,12 @@
  * `test_data`, with the adapters saved by `deno task train` under `--dir`, all packed into shared forwards
  * (spec §7). Without `--report` the table also shows each adapter freshly initialised ("before" training);
  * with `--report FILE` the spec's JSON is written.
+ *
+ * `--inference` also generates from every trained adapter, all packed into one `generate` call
+ * (src/eval/generations.ts): from the lines of stdin when stdin is not a terminal and has content (each line an
+ * instruction with empty input, rendered with the adapter's prompt template), otherwise from the first
+ * `--num_prompts` instruction / multiple-choice records of each adapter's test data. On a terminal the outputs are
+ * streamed as requests finish (src/eval/generation_output.ts); otherwise printed as one block per adapter and prompt.
  * @module
  */
 import "../no_async_hooks.ts"
@@ -12,7 +18,9 @@ import { Device } from "../../actors/device.ts"
 import { WeightCache } from "../../actors/weight_cache.ts"
 import { ConfigError } from "../errors.ts"
 import type { EvalResult } from "../eval/evaluate.ts"
-import { prepareEvaluation, reportJson, runEvaluation } from "../eval/run.ts"
+import { formatGeneration, GenerationStream, type PromptLabel } from "../eval/generation_output.ts"
+import { checkGenerationFlags, type GenerationSettings, promptLines } from "../eval/generations.ts"
+import { type EvalSummary, type PreparedEvaluation, prepareEvaluation, reportJson, runEvaluation } from "../eval/run.ts"
 import { ensureDefaultModel } from "../model/default_model.ts"
 import { baseModelFlag, deviceFlag, load8bitFlag } from "./flags.ts"
 import { formatMemory, Progress, reportUserErrors, table } from "./output.ts"
@@ -60,6 +68,42 @@ function resultTable(after: readonly EvalResult[], before: readonly EvalResult[]
   )
 }
 
+/**
+ * The prompt lines of stdin when it is not a terminal and has content (all of it is read), else null.
+ * Blank lines are skipped.
+ */
+async function readStdinPrompts(): Promise<string[] | null> {
+  if (Deno.stdin.isTerminal()) return null
+  const lines = promptLines(await new Response(Deno.stdin.readable).text())
+  return lines.length ? lines : null
+}
+
+/** Labels of every adapter's prompts, in the order of `p.adapters`. */
+function promptLabels(p: PreparedEvaluation): PromptLabel[][] {
+  return p.adapters.map((a) =>
+    a.prompts.map((promptIds, index) => ({ adapter: a.name, index, count: a.prompts.length, promptIds }))
+  )
+}
+
+/** Terminal output: blocks printed as requests finish, the last one streamed. */
+function generationStream(p: PreparedEvaluation, s: GenerationSettings): GenerationStream {
+  const enc = new TextEncoder()
+  return new GenerationStream(promptLabels(p), {
+    tokenizer: p.tokenizer,
+    eosId: p.tokenizer.eosId,
+    maxNewTokens: s.maxNewTokens,
+    write: (text) => void Deno.stdout.writeSync(enc.encode(text)),
+  })
+}
+
+/** Non-terminal output: one block per adapter and prompt, grouped by adapter. */
+function generationBlocks(p: PreparedEvaluation, summary: EvalSummary): string {
+  const labels = promptLabels(p)
+  return summary.generations!.flatMap((gens, a) =>
+    gens.map((g, k) => formatGeneration(labels[a][k], g.text, p.tokenizer))
+  ).join("")
+}
+
 const evalCommand = Command.make(
   "eval",
   {
@@ -75,7 +119,9 @@ const evalCommand = Command.make(
     ),
     device: deviceFlag,
     seed: Flag.Int("seed").pipe(
-      Flag.withDescription("Seed of the fresh adapters in the 'before' columns (deno task train --seed)"),
+      Flag.withDescription(
+        "Seed of the fresh adapters in the 'before' columns (deno task train --seed) and of sampling (--temperature > 0)",
+      ),
       Flag.withDefault(42),
     ),
     report: Flag.String("report").pipe(
@@ -83,10 +129,15 @@ const evalCommand = Command.make(
       Flag.withDefault(""),
     ),
     inference: Flag.Boolean("inference").pipe(
-      Flag.withDescription("Also generate from each test prompt (not implemented yet)"),
+      Flag.withDescription(
+        "Also generate with every adapter: from the lines of stdin when piped, else from the test data's first prompts",
+      ),
       Flag.withDefault(false),
     ),
-    maxNewTokens: Flag.Int("max_new_tokens").pipe(Flag.withDescription("Generation length"), Flag.withDefault(64)),
+    maxNewTokens: Flag.Int("max_new_tokens").pipe(
+      Flag.withDescription("New tokens per prompt at most (EOS stops earlier)"),
+      Flag.withDefault(32),
+    ),
     temperature: Flag.Finite("temperature").pipe(
       Flag.withDescription("Sampling temperature (0: greedy)"),
       Flag.withDefault(0),
@@ -96,11 +147,25 @@ const evalCommand = Command.make(
       Flag.withDescription("Sample among the k likeliest tokens (0: all)"),
       Flag.withDefault(0),
     ),
+    numPrompts: Flag.Int("num_prompts").pipe(
+      Flag.withDescription("Test-data prompts per adapter for --inference when stdin gives none"),
+      Flag.withDefault(4),
+    ),
   },
   (flags) =>
     Effect.gen(function* () {
+      const settings: GenerationSettings = {
+        maxNewTokens: flags.maxNewTokens,
+        temperature: flags.temperature,
+        topP: flags.topP,
+        topK: flags.topK,
+        seed: flags.seed,
+      }
       if (flags.inference) {
-        return yield* new ConfigError({ file: "--inference", key: "", reason: "generation is not implemented yet" })
+        yield* Effect.try({
+          try: () => checkGenerationFlags({ ...settings, numPrompts: flags.numPrompts }),
+          catch: (e) => e as ConfigError,
+        })
       }
       if (flags.device === "cpu") {
         return yield* new ConfigError({
@@ -110,11 +175,21 @@ const evalCommand = Command.make(
         })
       }
       const baseDir = flags.baseModel || (yield* Effect.promise(() => ensureDefaultModel()))
+      const lines = flags.inference ? yield* Effect.promise(readStdinPrompts) : null
       const prepared = yield* Effect.tryPromise({
         try: () =>
-          prepareEvaluation({ baseDir, config: flags.config, dir: flags.dir, seed: flags.seed, before: !flags.report }),
+          prepareEvaluation({
+            baseDir,
+            config: flags.config,
+            dir: flags.dir,
+            seed: flags.seed,
+            before: !flags.report,
+            inference: flags.inference ? { lines, numPrompts: flags.numPrompts } : null,
+          }),
         catch: (e) => e as ConfigError,
       })
+      if (lines) yield* Console.error(`prompts: ${lines.length} from stdin, for each adapter`)
+      const stream = flags.inference && Deno.stdout.isTerminal() ? generationStream(prepared, settings) : null
       for (const w of prepared.warnings) yield* Console.error(`warning: ${w}`)
       const layer = WeightCache.layer().pipe(Layer.provideMerge(Device.layer(flags.device)))
       const summary = yield* Effect.scoped(
@@ -132,6 +207,7 @@ const evalCommand = Command.make(
                   if (done === total) bar.done(`${total} batches`)
                   else bar.update(done, `${done}/${total} batches`)
                 },
+                generate: flags.inference ? { ...settings, onToken: stream?.token.bind(stream) } : undefined,
               })
               : null
           )
@@ -140,9 +216,11 @@ const evalCommand = Command.make(
         }).pipe(Effect.provide(layer)),
       )
       if (!summary) return
+      if (stream) stream.end()
+      else if (summary.generations) yield* Console.log(generationBlocks(prepared, summary))
       if (flags.report) {
         yield* Effect.tryPromise({
-          try: () => writeReport(flags.report, reportJson(summary.after)),
+          try: () => writeReport(flags.report, reportJson(summary.after, summary.generations)),
           catch: (e) => e as ConfigError,
         })
       }
@@ -154,6 +232,14 @@ const evalCommand = Command.make(
             (s.realTokens / s.seconds).toFixed(0)
           } tokens/s, ${s.roundTrips} queue round trips`,
       )
+      const g = summary.generateStats
+      if (g) {
+        yield* Console.log(
+          `generation: ${g.requests} prompts, ${g.newTokens} new tokens in ${g.seconds.toFixed(1)} s: ${
+            (g.newTokens / g.seconds).toFixed(1)
+          } tokens/s (${g.batches} packed batches, ${g.decodeSteps} decode steps, ${g.roundTrips} queue round trips)`,
+        )
+      }
       if (flags.report) yield* Console.log(`report: ${flags.report}`)
     }).pipe(reportUserErrors),
 ).pipe(Command.withDescription("Evaluate the adapters of an m-LoRA config on their test data, packed"))

@@ -6,6 +6,9 @@
  * "Before" adapters are freshly initialised exactly as `deno task train --seed S` starts them
  * (src/train/job.ts: seed S ^ FNV-1a(name), `initAdapter(spec, model, Rng.fromSeed(seed).fork("init"))`),
  * so the before/after columns show what training changed.
+ *
+ * With `--inference` the trained adapters also generate (src/eval/generations.ts), after the evaluation, all packed
+ * into one `generate` call.
  * @module
  */
 import { join } from "node:path"
@@ -14,7 +17,7 @@ import { loadPromptTemplate, loadRecords } from "../data/records.ts"
 import { type Example, tokenizeRecords } from "../data/tokenize.ts"
 import { ConfigError } from "../errors.ts"
 import type { GpuContext } from "../gpu/context.ts"
-import { loadTokenizer } from "../io/tokenizer.ts"
+import { loadTokenizer, type Tokenizer } from "../io/tokenizer.ts"
 import type { AdapterWeights } from "../model/adapter.ts"
 import { loadAdapter } from "../model/adapter_io.ts"
 import type { DeviceBase } from "../model/base_weights.ts"
@@ -23,6 +26,16 @@ import { LlamaModel } from "../model/llama.ts"
 import type { LlamaConfig } from "../model/types.ts"
 import { initialWeights } from "../train/job.ts"
 import { type EvalResult, type EvalStats, type EvalTask, evaluate } from "./evaluate.ts"
+import {
+  type Generation,
+  generationPrompts,
+  type GenerationRef,
+  type GenerationSettings,
+  generationsJson,
+  type GenerationStats,
+  type PromptSource,
+  runGenerations,
+} from "./generations.ts"
 
 export interface EvalFlags {
   /** HF model directory */
@@ -35,6 +48,8 @@ export interface EvalFlags {
   readonly seed: number
   /** also evaluate fresh adapters (the "before training" columns) */
   readonly before: boolean
+  /** `--inference`: where the generation prompts come from; absent or null: no generation */
+  readonly inference?: PromptSource | null
 }
 
 /** One adapter ready to evaluate: trained weights from `--dir`, and fresh weights when asked. */
@@ -46,6 +61,8 @@ export interface PreparedAdapter {
   readonly testBatchSize: number
   readonly padSide: "left" | "right"
   readonly testData: string
+  /** generation prompts (token ids); empty without `flags.inference` */
+  readonly prompts: readonly (readonly number[])[]
 }
 
 export interface PreparedEvaluation {
@@ -54,7 +71,8 @@ export interface PreparedEvaluation {
   readonly train: TrainConfig
   readonly adapters: readonly PreparedAdapter[]
   readonly padId: number
-  /** lines to print: unknown config keys, adapters without test_data */
+  readonly tokenizer: Tokenizer
+  /** lines to print: unknown config keys, adapters without test_data, adapters with nothing to generate */
   readonly warnings: readonly string[]
 }
 
@@ -63,6 +81,9 @@ export interface EvalSummary {
   /** fresh adapters, same order; null unless `flags.before` */
   readonly before: readonly EvalResult[] | null
   readonly stats: EvalStats
+  /** per trained adapter, its generations in prompt order; null unless asked */
+  readonly generations: readonly (readonly Generation[])[] | null
+  readonly generateStats: GenerationStats | null
 }
 
 /** The weights `deno task train --seed seed` starts adapter `cfg` from. */
@@ -86,17 +107,24 @@ export async function prepareEvaluation(flags: EvalFlags): Promise<PreparedEvalu
   const tokenizer = await loadTokenizer(flags.baseDir)
   const adapters: PreparedAdapter[] = []
   const skipped: string[] = []
+  const noPrompts: string[] = []
   for (const a of train.adapters) {
     if (a.testData === null) {
       skipped.push(a.name)
       continue
     }
-    const examples = tokenizeRecords(await loadRecords(a.testData), tokenizer, {
+    const records = await loadRecords(a.testData)
+    const template = await loadPromptTemplate(a.prompt)
+    const examples = tokenizeRecords(records, tokenizer, {
       cutoffLen: train.cutoffLen,
       trainOnInputs: a.trainOnInputs,
-      template: await loadPromptTemplate(a.prompt),
+      template,
       file: a.testData,
     })
+    const prompts = flags.inference ? generationPrompts(records, tokenizer, template, flags.inference) : []
+    if (flags.inference && prompts.length === 0) {
+      noPrompts.push(`${a.testData}: no instruction or multiple-choice record, nothing to generate for ${a.name}`)
+    }
     const path = join(flags.dir, a.name)
     if (!(await isDir(path))) {
       throw new ConfigError({
@@ -113,21 +141,44 @@ export async function prepareEvaluation(flags: EvalFlags): Promise<PreparedEvalu
       testBatchSize: a.testBatchSize,
       padSide: a.expandSide,
       testData: a.testData,
+      prompts,
     })
   }
   if (adapters.length === 0) {
     throw new ConfigError({ file: flags.config, key: "lora", reason: "no adapter has test_data to evaluate" })
   }
   const notes = skipped.length ? [`${flags.config}: no test_data, not evaluated: ${skipped.join(", ")}`] : []
-  return { flags, model, train, adapters, padId: tokenizer.padId, warnings: [...warnings, ...notes] }
+  return {
+    flags,
+    model,
+    train,
+    adapters,
+    padId: tokenizer.padId,
+    tokenizer,
+    warnings: [...warnings, ...notes, ...noPrompts],
+  }
 }
 
-/** Evaluates the trained (and fresh) adapters of `p`, all packed into shared forwards. */
+/** Options of `runEvaluation`. */
+export interface RunEvaluationOptions {
+  /** after every packed evaluation batch: batches done, batches in all */
+  readonly onBatch?: (done: number, total: number) => void
+  /** generate from each trained adapter's prompts (`p.adapters[i].prompts`) after evaluating */
+  readonly generate?: GenerationSettings & {
+    /** every new token as it is read back (`ref.task` indexes `p.adapters`) */
+    readonly onToken?: (ref: GenerationRef, id: number) => void
+  }
+}
+
+/**
+ * Evaluates the trained (and fresh) adapters of `p`, all packed into shared forwards; then, when asked, generates
+ * from the trained adapters' prompts, all packed into one `generate` call.
+ */
 export async function runEvaluation(
   ctx: GpuContext,
   base: DeviceBase,
   p: PreparedEvaluation,
-  opts: { onBatch?: (done: number, total: number) => void } = {},
+  opts: RunEvaluationOptions = {},
 ): Promise<EvalSummary> {
   const task = (a: PreparedAdapter, weights: AdapterWeights): EvalTask => ({
     name: a.name,
@@ -142,24 +193,42 @@ export async function runEvaluation(
   const model = new LlamaModel(ctx, base)
   try {
     const { results, stats } = await evaluate(model, [...tasks, ...fresh], { padId: p.padId, onBatch: opts.onBatch })
+    const gen = opts.generate
+      ? await runGenerations(
+        model,
+        p.tokenizer,
+        p.adapters.map((a) => ({ name: a.name, weights: a.trained, prompts: a.prompts })),
+        opts.generate,
+        { onToken: opts.generate.onToken },
+      )
+      : null
     return {
       after: results.slice(0, tasks.length),
       before: fresh.length ? results.slice(tasks.length) : null,
       stats,
+      generations: gen?.generations ?? null,
+      generateStats: gen?.stats ?? null,
     }
   } finally {
     model.pool.clear()
   }
 }
 
-/** The `--report` JSON of spec §7: `{"adapters": [{name, loss, perplexity, tokens, accuracy}]}` (no generations). */
-export function reportJson(results: readonly EvalResult[]): string {
-  const adapters = results.map((r) => ({
+/**
+ * The `--report` JSON of spec §7: `{"adapters": [{name, loss, perplexity, tokens, accuracy, generations?}]}`;
+ * `generations` (per result, same order) only when given: `[{prompt_ids, output_ids, text}]`.
+ */
+export function reportJson(
+  results: readonly EvalResult[],
+  generations: readonly (readonly Generation[])[] | null = null,
+): string {
+  const adapters = results.map((r, i) => ({
     name: r.name,
     loss: r.loss,
     perplexity: r.perplexity,
     tokens: r.tokens,
     accuracy: r.accuracy,
+    ...(generations ? { generations: generationsJson(generations[i]) } : {}),
   }))
   return JSON.stringify({ adapters }, null, 2) + "\n"
 }
