@@ -1,6 +1,7 @@
 /**
  * `deno task train`: trains every adapter of an m-LoRA config (default: config/demo.json on the embedded
- * model), packing their micro-batches into shared passes over the frozen base (spec §7).
+ * model), packing their micro-batches into shared passes over the frozen base (spec §7). `--device cpu` runs the
+ * same loop on the plain TypeScript reference (src/train/cpu_trainer.ts): slow, same results and files.
  * @module
  */
 import "../no_async_hooks.ts"
@@ -13,7 +14,7 @@ import { ensureDefaultModel } from "../model/default_model.ts"
 import { formatBytes, formatMemory, reportUserErrors, table } from "./output.ts"
 import { baseModelFlag, deviceFlag, load8bitFlag } from "./flags.ts"
 import { DenoCliServices, runMain } from "./platform.ts"
-import { prepareTraining, runTraining } from "./train_run.ts"
+import { prepareTraining, runCpuTraining, runTraining } from "./train_run.ts"
 
 const DEFAULT_CONFIG = new URL("../../config/demo.json", import.meta.url).pathname
 
@@ -44,13 +45,6 @@ const train = Command.make(
   },
   (flags) =>
     Effect.gen(function* () {
-      if (flags.device === "cpu") {
-        return yield* new ConfigError({
-          file: "--device",
-          key: "cpu",
-          reason: "training runs on a WebGPU device (a software adapter works); use --device auto",
-        })
-      }
       const baseDir = flags.baseModel || (yield* Effect.promise(() => ensureDefaultModel()))
       const prepared = yield* Effect.tryPromise({
         try: () => prepareTraining({ ...flags, baseDir }),
@@ -63,13 +57,16 @@ const train = Command.make(
           const dev = yield* Device
           yield* Console.error(`device: ${dev.description}`)
           const loaded = yield* (yield* WeightCache).use({ dir: baseDir, load8bit: flags.load8bit })
-          if (loaded.kind !== "gpu") return yield* Effect.die("training needs the GPU backend")
-          const out = yield* dev.run((b) => b.kind === "gpu" ? runTraining(b.ctx, loaded.base, prepared) : null)
-          yield* Console.error(formatMemory(yield* dev.memory))
+          // --device cpu: the CPU trainer on the host weights (src/train/cpu_trainer.ts, the reference loops)
+          const out = yield* dev.run((b) => {
+            if (b.kind === "gpu" && loaded.kind === "gpu") return runTraining(b.ctx, loaded.base, prepared)
+            if (b.kind === "cpu" && loaded.kind === "cpu") return runCpuTraining(loaded.weights, prepared)
+            throw new Error("unreachable: the base weights are on another backend than the device")
+          })
+          if (out.backend === "gpu") yield* Console.error(formatMemory(yield* dev.memory))
           return out
         }).pipe(Effect.provide(layer)),
       )
-      if (!summary) return
       yield* Console.log(table(
         ["adapter", "steps", "first loss", "last loss", "tokens", "tokens/s", "status"],
         summary.rows.map((r) => [
@@ -84,7 +81,9 @@ const train = Command.make(
       ))
       yield* Console.log(
         `${summary.microSteps} packed micro-steps in ${summary.seconds.toFixed(1)} s, ` +
-          `${summary.roundTrips} queue round trips, peak activations ${formatBytes(summary.peakActivationBytes)}`,
+          (summary.backend === "cpu"
+            ? "on the CPU reference kernels"
+            : `${summary.roundTrips} queue round trips, peak activations ${formatBytes(summary.peakActivationBytes)}`),
       )
       if (summary.rows.some((r) => r.status === "failed")) Deno.exitCode = 1
     }).pipe(reportUserErrors),

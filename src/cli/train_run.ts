@@ -1,7 +1,8 @@
 /**
  * The work behind `deno task train`, kept apart from flag parsing so that tests can call it:
  * `prepareTraining` validates everything on the host first (config, data, templates, output directories —
- * nothing is written yet), then `runTraining` creates the jobs on the device and runs the packed loop.
+ * nothing is written yet), then `runTraining` creates the jobs on the device and runs the packed loop
+ * (`runCpuTraining`: the same on the CPU reference, `--device cpu`).
  * @module
  */
 import { type AdapterConfig, loadTrainConfig, type TrainConfig } from "../config/train_config.ts"
@@ -13,8 +14,9 @@ import { loadTokenizer } from "../io/tokenizer.ts"
 import type { DeviceBase } from "../model/base_weights.ts"
 import { readLlamaConfig } from "../model/hf_config.ts"
 import { LlamaModel } from "../model/llama.ts"
-import type { LlamaConfig } from "../model/types.ts"
-import { TrainJob } from "../train/job.ts"
+import type { LlamaConfig, LlamaWeights } from "../model/types.ts"
+import { CpuTrainer, CpuTrainJob } from "../train/cpu_trainer.ts"
+import { TrainJob, type TrainJobBase } from "../train/job.ts"
 import { Trainer } from "../train/trainer.ts"
 import { ProgressBoard } from "./board.ts"
 
@@ -47,6 +49,8 @@ export interface TrainSummary {
     tokensPerSecond: number
     status: string
   }[]
+  /** where it ran: the WebGPU device or the CPU reference (no round trips, no device activations) */
+  readonly backend: "gpu" | "cpu"
   readonly microSteps: number
   readonly seconds: number
   readonly roundTrips: number
@@ -92,26 +96,41 @@ export async function prepareTraining(flags: TrainFlags): Promise<PreparedTraini
   return { flags, model, train, examples, padId: tokenizer.padId, warnings }
 }
 
-/** Creates one job per adapter on `ctx` and trains them all, packed; returns the summary table's rows. */
-export async function runTraining(ctx: GpuContext, base: DeviceBase, p: PreparedTraining): Promise<TrainSummary> {
+/** What `drive` needs of a trainer of either backend. */
+interface TrainLoop {
+  readonly microSteps: number
+  run(): Promise<void>
+}
+
+/** The hooks `drive` hands to the trainer it makes (progress board, log file). */
+interface DriveHooks<J extends TrainJobBase> {
+  readonly saveStep: number
+  readonly simultaneous: number
+  readonly strategy: "none" | "optim"
+  readonly padId: number
+  readonly onProgress: (touched: readonly J[]) => void
+  readonly onEvent: (line: string) => void
+}
+
+/** With `--overwrite` (and no `--load_adapter`): removes the adapters' previous output directories. */
+async function removeOld(p: PreparedTraining): Promise<void> {
+  if (!p.flags.overwrite || p.flags.loadAdapter) return
+  for (const a of p.train.adapters) await Deno.remove(`${p.flags.dir}/${a.name}`, { recursive: true }).catch(() => {})
+}
+
+/**
+ * Runs `jobs` to the end with the trainer `makeTrainer` returns, drawing the progress board and appending to
+ * `--log_file`; `meters` reads the backend's queue round trips and activation bytes (0 on the CPU).
+ */
+async function drive<J extends TrainJobBase>(
+  p: PreparedTraining,
+  jobs: readonly J[],
+  makeTrainer: (hooks: DriveHooks<J>) => TrainLoop,
+  meters: { readonly backend: "gpu" | "cpu"; readonly roundTrips: () => number; readonly activations: () => number },
+): Promise<TrainSummary> {
   const { flags, train } = p
-  if (flags.overwrite && !flags.loadAdapter) {
-    for (const a of train.adapters) await Deno.remove(`${flags.dir}/${a.name}`, { recursive: true }).catch(() => {})
-  }
-  const jobs: TrainJob[] = []
-  for (const a of train.adapters) {
-    jobs.push(
-      await TrainJob.create(ctx, p.model, a as AdapterConfig, p.examples.get(a.name)!, {
-        seed: flags.seed,
-        dir: flags.dir,
-        baseModel: flags.baseDir,
-        resume: flags.loadAdapter,
-      }),
-    )
-  }
-  const model = new LlamaModel(ctx, base)
   const board = new ProgressBoard()
-  const first = new Map<TrainJob, number>()
+  const first = new Map<J, number>()
   const log = flags.logFile ? await Deno.open(flags.logFile, { append: true, create: true }) : null
   const write = (line: string) => log?.writeSync(new TextEncoder().encode(`${new Date().toISOString()} ${line}\n`))
   const rows = () =>
@@ -124,16 +143,16 @@ export async function runTraining(ctx: GpuContext, base: DeviceBase, p: Prepared
       status: j.status,
     }))
   const t0 = performance.now()
-  const trips0 = ctx.roundTrips
+  const trips0 = meters.roundTrips()
   let peak = 0
-  const trainer = new Trainer(model, jobs, {
+  const trainer = makeTrainer({
     saveStep: train.saveStep,
     simultaneous: train.simultaneousNum,
     strategy: train.strategy,
     padId: p.padId,
     onProgress: (touched) => {
       for (const j of touched) if (!first.has(j)) first.set(j, j.lastLoss)
-      peak = Math.max(peak, ctx.memory().activations)
+      peak = Math.max(peak, meters.activations())
       board.draw(rows())
       for (const j of touched) write(`${j.name} step ${j.step}/${j.totalSteps} loss ${j.lastLoss.toFixed(5)}`)
     },
@@ -149,7 +168,7 @@ export async function runTraining(ctx: GpuContext, base: DeviceBase, p: Prepared
     log?.close()
   }
   const seconds = (performance.now() - t0) / 1000
-  const summary: TrainSummary = {
+  return {
     rows: jobs.map((j) => ({
       name: j.name,
       steps: j.step,
@@ -159,12 +178,53 @@ export async function runTraining(ctx: GpuContext, base: DeviceBase, p: Prepared
       tokensPerSecond: j.tokens / seconds,
       status: j.status === "failed" ? `failed: ${j.failure}` : j.status,
     })),
+    backend: meters.backend,
     microSteps: trainer.microSteps,
     seconds,
-    roundTrips: ctx.roundTrips - trips0,
+    roundTrips: meters.roundTrips() - trips0,
     peakActivationBytes: peak,
   }
+}
+
+/** The job options of adapter jobs from the flags. */
+const jobOptions = (flags: TrainFlags) => ({
+  seed: flags.seed,
+  dir: flags.dir,
+  baseModel: flags.baseDir,
+  resume: flags.loadAdapter,
+})
+
+/** Creates one job per adapter on `ctx` and trains them all, packed; returns the summary table's rows. */
+export async function runTraining(ctx: GpuContext, base: DeviceBase, p: PreparedTraining): Promise<TrainSummary> {
+  await removeOld(p)
+  const jobs: TrainJob[] = []
+  for (const a of p.train.adapters) {
+    jobs.push(await TrainJob.create(ctx, p.model, a as AdapterConfig, p.examples.get(a.name)!, jobOptions(p.flags)))
+  }
+  const model = new LlamaModel(ctx, base)
+  const summary = await drive(p, jobs, (hooks) => new Trainer(model, jobs, hooks), {
+    backend: "gpu",
+    roundTrips: () => ctx.roundTrips,
+    activations: () => ctx.memory().activations,
+  })
   for (const j of jobs) j.release()
   model.pool.clear()
   return summary
+}
+
+/**
+ * `--device cpu`: the same jobs and packed loop on the plain TypeScript reference over host weights `base`
+ * (the WeightCache's cpu LoadedBase; int8 already dequantised); the same files as `runTraining`.
+ */
+export async function runCpuTraining(base: LlamaWeights, p: PreparedTraining): Promise<TrainSummary> {
+  await removeOld(p)
+  const jobs: CpuTrainJob[] = []
+  for (const a of p.train.adapters) {
+    jobs.push(await CpuTrainJob.create(p.model, a as AdapterConfig, p.examples.get(a.name)!, jobOptions(p.flags)))
+  }
+  return await drive(p, jobs, (hooks) => new CpuTrainer(p.model, base, jobs, hooks), {
+    backend: "cpu",
+    roundTrips: () => 0,
+    activations: () => 0,
+  })
 }

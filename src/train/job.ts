@@ -1,6 +1,7 @@
 /**
  * One adapter's training job: its config, data iterator, device weights, optimizer and counters, plus
  * checkpoint save / exact resume. The trainer packs the next micro-batches of several jobs into one pass.
+ * `TrainJobBase` is the backend-independent part shared with the CPU trainer (src/train/cpu_trainer.ts).
  *
  * Accumulation (m-LoRA / HF): each micro-batch's mean loss is divided by `accumulation_steps` = batch / micro;
  * the optimizer steps after that many micro-batches, or at the end of an epoch with what has accumulated.
@@ -22,10 +23,16 @@ import {
   writeAdapter,
 } from "../model/adapter_device.ts"
 import { initAdapter } from "../model/adapter_init.ts"
-import { latestCheckpoint, loadCheckpoint, saveAdapter, saveCheckpoint } from "../model/adapter_io.ts"
+import {
+  latestCheckpoint,
+  loadCheckpoint,
+  type LoadedCheckpoint,
+  saveAdapter,
+  saveCheckpoint,
+} from "../model/adapter_io.ts"
 import type { LlamaConfig } from "../model/types.ts"
 import { Rng } from "../util/rng.ts"
-import { AdapterOptimizer, optimizerHyper } from "./optimizer.ts"
+import { AdapterOptimizer, optimizerHyper, type OptimizerState } from "./optimizer.ts"
 import { learningRateAt, type Schedule } from "./schedule.ts"
 
 /** The math-shaping part of an adapter config (spec §3). */
@@ -56,7 +63,7 @@ export function adapterSpecOf(cfg: AdapterConfig): AdapterSpec {
 }
 
 /** Whether every parameter of `w` is finite. */
-function allFinite(w: AdapterWeights): boolean {
+export function allFinite(w: AdapterWeights): boolean {
   const ok = (a: Float32Array) => a.every(Number.isFinite)
   return w.layers.every((l) =>
     Object.values(l.lora).every((p) => ok(p!.a) && ok(p!.b)) && (!l.router || ok(l.router)) &&
@@ -87,7 +94,62 @@ export interface JobOptions {
   readonly resume: boolean
 }
 
-export class TrainJob {
+/** What a job starts from, derived the same way for the device and the CPU trainer. */
+export interface JobStart {
+  readonly spec: AdapterSpec
+  /** `jobSeed(--seed, name)` */
+  readonly seed: number
+  readonly schedule: Schedule
+  /** positioned at the resumed checkpoint's data position, or at the start */
+  readonly iter: EpochIterator
+  /** fresh (`initialWeights`) or the checkpoint's */
+  readonly weights: AdapterWeights
+  /** the checkpoint resumed from (`--load_adapter`), or null */
+  readonly loaded: LoadedCheckpoint | null
+}
+
+/**
+ * Schedule, data iterator and weights of a job: fresh from `jobSeed(opts.seed, name)`, or, with `opts.resume`,
+ * from the latest checkpoint in `opts.dir` (weights, iterator state; the caller restores the optimizer).
+ */
+export async function startJob(
+  model: LlamaConfig,
+  cfg: AdapterConfig,
+  examples: readonly Example[],
+  opts: JobOptions,
+): Promise<JobStart> {
+  const spec = adapterSpecOf(cfg)
+  const seed = jobSeed(opts.seed, cfg.name)
+  const rng = Rng.fromSeed(seed)
+  const perEpoch = Math.ceil(examples.length / cfg.microBatchSize)
+  const totalSteps = cfg.numEpochs * Math.ceil(perEpoch / cfg.accumulationSteps)
+  const schedule: Schedule = {
+    type: cfg.schedulerType,
+    lr: cfg.lr,
+    warmupSteps: warmupStepsFor(cfg, totalSteps),
+    totalSteps,
+  }
+  const ckpt = opts.resume ? await latestCheckpoint(opts.dir, cfg.name) : null
+  const loaded = ckpt ? await loadCheckpoint(ckpt.path, model) : null
+  const weights: AdapterWeights = loaded?.weights ?? initialWeights(cfg, model, opts.seed)
+  const state = loaded?.counters.iterator as EpochIteratorState | undefined
+  const iter = new EpochIterator(examples, {
+    microBatchSize: cfg.microBatchSize,
+    batchSize: cfg.batchSize,
+    numEpochs: cfg.numEpochs,
+    groupByLength: cfg.groupByLength,
+    rng: rng.fork("data"),
+    state,
+  })
+  return { spec, seed, schedule, iter, weights, loaded }
+}
+
+/**
+ * The backend-independent part of a training job: config, data iterator, schedule, seeds and counters, and
+ * the bookkeeping both trainers share (accumulation, loss / NaN handling, checkpoint and final-adapter files).
+ * Subclasses hold the tensors: `TrainJob` on the device, `CpuTrainJob` (cpu_trainer.ts) on the host.
+ */
+export abstract class TrainJobBase {
   status: JobStatus = "running"
   /** micro-batches consumed so far (also the dropout stream index) */
   microSteps = 0
@@ -100,77 +162,34 @@ export class TrainJob {
   /** optimizer step of the last checkpoint written (or resumed from) */
   lastCheckpoint = 0
 
-  private constructor(
-    readonly ctx: GpuContext,
+  protected constructor(
     readonly cfg: AdapterConfig,
     readonly spec: AdapterSpec,
     readonly iter: EpochIterator,
-    readonly dev: DeviceAdapter,
-    readonly opt: AdapterOptimizer,
     readonly schedule: Schedule,
     readonly seed: number,
     readonly opts: JobOptions,
   ) {}
 
-  /** Creates the job: fresh weights (or resumed from `opts.dir`), uploaded with a zeroed optimizer state. */
-  static async create(
-    ctx: GpuContext,
-    model: LlamaConfig,
-    cfg: AdapterConfig,
-    examples: readonly Example[],
-    opts: JobOptions,
-  ): Promise<TrainJob> {
-    const spec = adapterSpecOf(cfg)
-    const seed = jobSeed(opts.seed, cfg.name)
-    const rng = Rng.fromSeed(seed)
-    const perEpoch = Math.ceil(examples.length / cfg.microBatchSize)
-    const totalSteps = cfg.numEpochs * Math.ceil(perEpoch / cfg.accumulationSteps)
-    const schedule: Schedule = {
-      type: cfg.schedulerType,
-      lr: cfg.lr,
-      warmupSteps: warmupStepsFor(cfg, totalSteps),
-      totalSteps,
-    }
-    const ckpt = opts.resume ? await latestCheckpoint(opts.dir, cfg.name) : null
-    const loaded = ckpt ? await loadCheckpoint(ckpt.path, model) : null
-    const weights: AdapterWeights = loaded?.weights ?? initialWeights(cfg, model, opts.seed)
-    const state = loaded?.counters.iterator as EpochIteratorState | undefined
-    const iter = new EpochIterator(examples, {
-      microBatchSize: cfg.microBatchSize,
-      batchSize: cfg.batchSize,
-      numEpochs: cfg.numEpochs,
-      groupByLength: cfg.groupByLength,
-      rng: rng.fork("data"),
-      state,
-    })
-    const dev = uploadAdapter(ctx, weights, model)
-    const opt = AdapterOptimizer.create(ctx, {
-      label: cfg.name,
-      count: dev.layout.total,
-      hyper: optimizerHyper({ kind: cfg.optim, weightDecay: cfg.weightDecay, momentum: cfg.momentum }),
-    })
-    const job = new TrainJob(ctx, cfg, spec, iter, dev, opt, schedule, seed, opts)
-    if (loaded) {
-      opt.restoreState(loaded.optimizer)
-      job.microSteps = Number(loaded.counters.microSteps ?? 0)
-      job.tokens = Number(loaded.counters.tokens ?? 0)
-      job.lastCheckpoint = loaded.counters.step
-    }
-    if (iter.done) job.status = "done"
-    return job
-  }
+  /** Optimizer steps taken. */
+  abstract get step(): number
 
   get name(): string {
     return this.cfg.name
   }
 
-  /** Optimizer steps taken. */
-  get step(): number {
-    return this.opt.step
-  }
-
   get totalSteps(): number {
     return this.schedule.totalSteps
+  }
+
+  /** Restores the counters of a resumed checkpoint; a job whose data is all consumed is done. */
+  protected resumeCounters(loaded: LoadedCheckpoint | null): void {
+    if (loaded) {
+      this.microSteps = Number(loaded.counters.microSteps ?? 0)
+      this.tokens = Number(loaded.counters.tokens ?? 0)
+      this.lastCheckpoint = loaded.counters.step
+    }
+    if (this.iter.done) this.status = "done"
   }
 
   /** The next micro-batch, or null when every epoch is done. */
@@ -185,21 +204,58 @@ export class TrainJob {
 
   /** Learning rate of the next optimizer step. */
   lr(): number {
-    return learningRateAt(this.schedule, this.opt.step)
+    return learningRateAt(this.schedule, this.step)
   }
 
   /**
-   * Writes checkpoint-{step}: weights, optimizer state, counters, data position and RNG (two round trips).
-   * Weights that are no longer finite are never saved: the job fails instead and keeps its last checkpoint.
+   * Counts a micro-batch of `tokens` real tokens just trained on; true when the optimizer steps now (its
+   * accumulation of `accumulation_steps` micro-batches is complete, or the epoch ended), which restarts it.
    */
-  async checkpoint(): Promise<string | null> {
-    const weights = await downloadAdapter(this.ctx, this.dev)
+  advance(tokens: number, opts: { endOfEpoch: boolean }): boolean {
+    this.microSteps++
+    this.pending++
+    this.tokens += tokens
+    if (this.pending !== this.cfg.accumulationSteps && !opts.endOfEpoch) return false
+    this.pending = 0
+    return true
+  }
+
+  /**
+   * Takes the mean loss of micro-step `microStep`; a non-finite loss stops the job (its last good checkpoint
+   * stays) and reports it through `onEvent`. True when the loss was taken (the job is running and it is finite).
+   */
+  observeLoss(loss: number, microStep: number, onEvent?: (line: string) => void): boolean {
+    if (this.status !== "running") return false
+    if (!Number.isFinite(loss)) {
+      this.status = "failed"
+      this.failure = `loss is ${loss} at micro-step ${microStep}`
+      onEvent?.(this.stoppedLine())
+      return false
+    }
+    this.lastLoss = loss
+    return true
+  }
+
+  /** The event line of a job that stopped on a failure. */
+  stoppedLine(): string {
+    return `${this.name}: stopped, ${this.failure}; its last good checkpoint (step ${this.lastCheckpoint}) is kept`
+  }
+
+  /**
+   * Writes checkpoint-{step} with `weights`, the optimizer state (read only when the weights are finite),
+   * counters, data position and RNG. Weights that are no longer finite are never saved: the job fails instead
+   * and keeps its last checkpoint.
+   */
+  protected async writeCheckpoint(
+    weights: AdapterWeights,
+    readOptimizer: () => Promise<OptimizerState> | OptimizerState,
+  ): Promise<string | null> {
     if (!allFinite(weights)) {
       this.status = "failed"
       this.failure = `weights are not finite at step ${this.step}`
       return null
     }
-    const optimizer = await this.opt.readState()
+    const optimizer = await readOptimizer()
     const it = this.iter.state()
     const path = await saveCheckpoint(this.opts.dir, this.name, this.step, {
       weights,
@@ -219,11 +275,65 @@ export class TrainJob {
     return path
   }
 
+  /** Saves `weights` as the final adapter in `{dir}/{name}/` (MoE-PEFT layout). */
+  protected writeFinal(weights: AdapterWeights): Promise<string> {
+    return saveAdapter(this.opts.dir, this.name, weights, { baseModel: this.opts.baseModel })
+  }
+}
+
+/** A job on the device: weights, gradients and optimizer state in GPU buffers. */
+export class TrainJob extends TrainJobBase {
+  private constructor(
+    readonly ctx: GpuContext,
+    cfg: AdapterConfig,
+    spec: AdapterSpec,
+    iter: EpochIterator,
+    readonly dev: DeviceAdapter,
+    readonly opt: AdapterOptimizer,
+    schedule: Schedule,
+    seed: number,
+    opts: JobOptions,
+  ) {
+    super(cfg, spec, iter, schedule, seed, opts)
+  }
+
+  /** Creates the job: fresh weights (or resumed from `opts.dir`), uploaded with a zeroed optimizer state. */
+  static async create(
+    ctx: GpuContext,
+    model: LlamaConfig,
+    cfg: AdapterConfig,
+    examples: readonly Example[],
+    opts: JobOptions,
+  ): Promise<TrainJob> {
+    const { spec, seed, schedule, iter, weights, loaded } = await startJob(model, cfg, examples, opts)
+    const dev = uploadAdapter(ctx, weights, model)
+    const opt = AdapterOptimizer.create(ctx, {
+      label: cfg.name,
+      count: dev.layout.total,
+      hyper: optimizerHyper({ kind: cfg.optim, weightDecay: cfg.weightDecay, momentum: cfg.momentum }),
+    })
+    const job = new TrainJob(ctx, cfg, spec, iter, dev, opt, schedule, seed, opts)
+    if (loaded) opt.restoreState(loaded.optimizer)
+    job.resumeCounters(loaded)
+    return job
+  }
+
+  /** Optimizer steps taken. */
+  get step(): number {
+    return this.opt.step
+  }
+
+  /**
+   * Writes checkpoint-{step}: weights, optimizer state, counters, data position and RNG (two round trips).
+   * Weights that are no longer finite are never saved: the job fails instead and keeps its last checkpoint.
+   */
+  async checkpoint(): Promise<string | null> {
+    return this.writeCheckpoint(await downloadAdapter(this.ctx, this.dev), () => this.opt.readState())
+  }
+
   /** Saves the final adapter to `{dir}/{name}/` (MoE-PEFT layout). */
   async saveFinal(): Promise<string> {
-    return saveAdapter(this.opts.dir, this.name, await downloadAdapter(this.ctx, this.dev), {
-      baseModel: this.opts.baseModel,
-    })
+    return this.writeFinal(await downloadAdapter(this.ctx, this.dev))
   }
 
   /** Replaces the device weights (tests: start from given weights). */

@@ -14,7 +14,7 @@ import { LoraSaved, MoeState } from "../model/adapter_layers.ts"
 import type { Step } from "../gpu/context.ts"
 import type { LlamaModel } from "../model/llama.ts"
 import { encodeBackward } from "../model/llama_backward.ts"
-import type { TrainJob } from "./job.ts"
+import type { TrainJob, TrainJobBase } from "./job.ts"
 
 export interface TrainerOptions {
   /** checkpoint every this many optimizer steps of an adapter (0: never) */
@@ -39,6 +39,44 @@ interface LogEntry {
   readonly slot: number
   readonly microStep: number
   readonly tokens: number
+}
+
+/** Options of `pickJobs` (a subset of `TrainerOptions`). */
+export type PickOptions = Pick<TrainerOptions, "simultaneous" | "strategy" | "maxBatchTokens" | "onEvent">
+
+/**
+ * The jobs packed into the next micro-step. Fairness first: the jobs that have run the fewest micro-steps
+ * lead (ties in submission order), so no job starves. "none" then packs them in that order; "optim" keeps
+ * the leader and prefers partners whose next micro-batch has a similar length (least padding). A fused
+ * batch never exceeds `maxBatchTokens` (rows × padded length); a job whose micro-batch alone does fails.
+ * Shared by the device trainer and the CPU trainer (src/train/cpu_trainer.ts).
+ */
+export function pickJobs<J extends TrainJobBase>(jobs: readonly J[], opts: PickOptions): J[] {
+  const order = jobs.filter((j) => j.status === "running").sort((a, b) => a.microSteps - b.microSteps)
+  const len = (j: J) => j.iter.peekMaxLength()
+  let ranked = order
+  if (opts.strategy === "optim" && order.length > opts.simultaneous) {
+    const lead = len(order[0])
+    ranked = [order[0], ...order.slice(1).sort((a, b) => Math.abs(len(a) - lead) - Math.abs(len(b) - lead))]
+  }
+  const budget = opts.maxBatchTokens ?? Infinity
+  const out: J[] = []
+  let rows = 0, T = 0
+  for (const j of ranked) {
+    if (out.length === opts.simultaneous) break
+    const r = j.cfg.microBatchSize, t = len(j)
+    if (r * t > budget) {
+      j.status = "failed"
+      j.failure = `a micro-batch of ${r} rows × ${t} tokens is over the batch budget of ${budget} tokens`
+      opts.onEvent?.(`${j.name}: stopped, ${j.failure}`)
+      continue
+    }
+    if ((rows + r) * Math.max(T, t) > budget) continue
+    out.push(j)
+    rows += r
+    T = Math.max(T, t)
+  }
+  return out
 }
 
 export class Trainer {
@@ -73,38 +111,9 @@ export class Trainer {
     return i >= 0
   }
 
-  /**
-   * The jobs packed into the next micro-step. Fairness first: the jobs that have run the fewest micro-steps
-   * lead (ties in submission order), so no job starves. "none" then packs them in that order; "optim" keeps
-   * the leader and prefers partners whose next micro-batch has a similar length (least padding). A fused
-   * batch never exceeds `maxBatchTokens` (rows × padded length); a job whose micro-batch alone does fails.
-   */
+  /** The jobs packed into the next micro-step (`pickJobs`). */
   private pick(): TrainJob[] {
-    const order = this.jobs.filter((j) => j.status === "running").sort((a, b) => a.microSteps - b.microSteps)
-    const len = (j: TrainJob) => j.iter.peekMaxLength()
-    let ranked = order
-    if (this.opts.strategy === "optim" && order.length > this.opts.simultaneous) {
-      const lead = len(order[0])
-      ranked = [order[0], ...order.slice(1).sort((a, b) => Math.abs(len(a) - lead) - Math.abs(len(b) - lead))]
-    }
-    const budget = this.opts.maxBatchTokens ?? Infinity
-    const out: TrainJob[] = []
-    let rows = 0, T = 0
-    for (const j of ranked) {
-      if (out.length === this.opts.simultaneous) break
-      const r = j.cfg.microBatchSize, t = len(j)
-      if (r * t > budget) {
-        j.status = "failed"
-        j.failure = `a micro-batch of ${r} rows × ${t} tokens is over the batch budget of ${budget} tokens`
-        this.opts.onEvent?.(`${j.name}: stopped, ${j.failure}`)
-        continue
-      }
-      if ((rows + r) * Math.max(T, t) > budget) continue
-      out.push(j)
-      rows += r
-      T = Math.max(T, t)
-    }
-    return out
+    return pickJobs(this.jobs, this.opts)
   }
 
   /** One fused micro-step; false when no job has data left. */
@@ -145,12 +154,8 @@ export class Trainer {
     const stepped: TrainJob[] = []
     for (const p of parts) {
       const job = p.job
-      job.microSteps++
-      job.pending++
-      job.tokens += p.examples.reduce((n, e) => n + e.ids.length, 0)
-      if (job.pending === job.cfg.accumulationSteps || p.end) {
+      if (job.advance(p.examples.reduce((n, e) => n + e.ids.length, 0), { endOfEpoch: p.end })) {
         job.opt.encode(step, { params: job.dev.params, grads: job.dev.grads }, job.lr())
-        job.pending = 0
         stepped.push(job)
       }
     }
@@ -174,11 +179,7 @@ export class Trainer {
     for (const job of due) {
       if (job.status !== "running") continue
       const path = await job.checkpoint()
-      this.opts.onEvent?.(
-        path
-          ? `${job.name}: checkpoint ${path}`
-          : `${job.name}: stopped, ${job.failure}; its last good checkpoint (step ${job.lastCheckpoint}) is kept`,
-      )
+      this.opts.onEvent?.(path ? `${job.name}: checkpoint ${path}` : job.stoppedLine())
     }
     return true
   }
@@ -211,18 +212,7 @@ export class Trainer {
     const f = new Float32Array(bytes)
     const touched = new Set<TrainJob>()
     for (const e of this.log) {
-      const loss = f[2 * e.slot]
-      if (e.job.status !== "running") continue
-      if (!Number.isFinite(loss)) {
-        e.job.status = "failed"
-        e.job.failure = `loss is ${loss} at micro-step ${e.microStep}`
-        this.opts.onEvent?.(
-          `${e.job.name}: stopped, ${e.job.failure}; its last good checkpoint (step ${e.job.lastCheckpoint}) is kept`,
-        )
-        continue
-      }
-      e.job.lastLoss = loss
-      touched.add(e.job)
+      if (e.job.observeLoss(f[2 * e.slot], e.microStep, this.opts.onEvent)) touched.add(e.job)
     }
     this.log = []
     this.logSlots = 0
