@@ -1,19 +1,20 @@
 /**
- * Launchers for the MixLoRA FFN kernels (shaders/moe_*.wgsl), forward and backward, for one adapter's tokens
- * [row0, row0 + N) of a packed batch (whole sequences: row0 and N are multiples of T). The math and its stage
- * names are those of src/reference/mixlora.ts (the oracle). The efficient form:
+ * Launchers for the MixLoRA FFN kernels, forward and backward, for one adapter's tokens [row0, row0 + N) of a
+ * packed batch (whole sequences: row0 and N are multiples of T). The math and its stage names are those of
+ * src/reference/mixlora.ts (the oracle). Routing kernels are files (shaders/moe_route, moe_lists, moe_bwd_router,
+ * moe_aux .wgsl); the expert kernels are generated register-tile code (src/kernels/moe_codegen.ts, where each
+ * is described). The efficient form:
  *
  *   forward                                                   backward (dy = ∂L/∂y)
- *   [base]  g0 = x W1ᵀ, u0 = x W3ᵀ        (all batch rows)   moe_bwd_down     u2 = s B2ᵀ dy            (routed)
- *   moe_route        P, slots, weights    (token-major)       [base]  dmix = dy W2                (all rows)
- *   moe_lists        per-expert lists, capacity, stats        moe_bwd_hidden   recompute g,u,h; dg, du; dg0, du0
- *   moe_shrink_in    t1 = A1 m1x, t3 = A3 m3x  (routed)       moe_bwd_dw       dw = dmix·h + t2·u2
- *   moe_hidden       h = act(g) u; mix = Σ w h                moe_bwd_dt_in    dt1 = s B1ᵀ dg, dt3 = s B3ᵀ du
- *   moe_shrink_down  t2 = A2 m2h           (routed)           moe_bwd_grads    dA*, dB* += (per-expert lists)
- *   [base]  y = mix W2ᵀ                   (all batch rows)    moe_bwd_router   dP (selection, aux) → dlogits
- *   moe_expand_down  y += Σ w s B2 t2      (routed)           moe_bwd_router_dg dG += dlogitsᵀ (x ⊙ n)
- *                                                             [base]  dx = dg0 W1 + du0 W3        (all rows)
- *                                                             moe_bwd_dx       dx += A1ᵀdt1 m1 + A3ᵀdt3 m3 + n Gᵀdlogits
+ *   [base]  g0 = x W1ᵀ, u0 = x W3ᵀ        (all batch rows)   [base]  dmix = dy W2                (all rows)
+ *   moe_route        P, slots, weights    (token-major)       bwd_experts  per expert list tile: u2 = s B2ᵀ dy;
+ *   moe_lists        per-expert lists, capacity, stats           recompute g, u, h; dg, du → hs; dt1 = s B1ᵀ dg,
+ *   fwd_experts      per expert list tile: t1 = A1 m1x,          dt3 = s B3ᵀ du; dw = dmix·h + t2·u2
+ *                    t3 = A3 m3x; h = act(g) u → hs;          moe_bwd_router   dP (selection, aux) → dlogits
+ *                    t2 = A2 m2h                              bwd_grads    dA*, dB* += (per-expert lists);
+ *   mix              mix = Σ_j w h                               dg0, du0 = Σ_j dg, du; dG += dlogitsᵀ (x ⊙ n)
+ *   [base]  y = mix W2ᵀ                   (all batch rows)    [base]  dx = dg0 W1 + du0 W3        (all rows)
+ *   expand_down      y += Σ w s B2 t2      (token-major)      bwd_dx       dx += A1ᵀdt1 m1 + A3ᵀdt3 m3 + n Gᵀdlogits
  *
  * The [base] steps are the frozen matmuls (src/kernels/matmul.ts), which a shared batch runs once over all rows;
  * `mixloraExpertsForward` / `mixloraDownForward` / `mixloraExpertsBackward` / `mixloraInputBackward` are the
@@ -28,15 +29,35 @@
  */
 import { GpuValidationError } from "../errors.ts"
 import type { Binding, GpuContext, Step } from "../gpu/context.ts"
+import { loadShader } from "../gpu/shaders.ts"
 import { FFN_PROJECTIONS, type FfnProjection, type MoeSpec } from "../model/adapter.ts"
 import { jitterParams } from "../reference/lora.ts"
 import { moeSlots } from "../reference/mixlora.ts"
 import { ACT, activationOf } from "../reference/swiglu.ts"
 import { dropoutWords, grid1d, preludedPipeline, spanBinding } from "./lora.ts"
 import { type DeviceMatrix, linear, linearBackwardInput } from "./matmul.ts"
+import {
+  generateMoeKernel,
+  gradSegments,
+  type MoeKernel,
+  type MoeKernelCode,
+  moeKernelName,
+  type MoeKernelSpec,
+  moeListTile,
+} from "./moe_codegen.ts"
 
 const WG = 64
 const PRELUDE = ["lora_common.wgsl", "moe_common.wgsl"]
+/** Workgroup sizes of the generated kernels: one 8-lane SIMD group for the per-pair / per-token / per-tile ones
+ * (few hundred invocations; lavapipe's threads take whole workgroups), 64 for the per-element mix. */
+const GEN_WG: Record<MoeKernel, number> = {
+  fwd_experts: 8,
+  mix: 64,
+  expand_down: 8,
+  bwd_experts: 8,
+  bwd_grads: 8,
+  bwd_dx: 8,
+}
 const ROUTING = { mixlora: 0, switch: 1, dynamic: 2 } as const
 
 /** Where one MixLoRA layer's router and experts sit in the adapter's flat buffers (element offsets). */
@@ -93,7 +114,10 @@ export interface MixloraSavedBuffers {
   readonly u0?: GPUBuffer
 }
 
-/** Adapter-local scratch reused by every layer (and by forward and backward). */
+/**
+ * Adapter-local scratch reused by every layer (and by forward and backward). The backward writes hs and dts rows
+ * and dw entries of routed pairs only (empty slots are never read).
+ */
 export interface MixloraScratch {
   /** (3, N, S, F): h, dg, du */
   readonly hs: GPUBuffer
@@ -163,7 +187,10 @@ interface Prepared {
   readonly ctx: GpuContext
   readonly S: number
   readonly E: number
+  readonly R: number
   readonly targets: ReadonlySet<FfnProjection>
+  /** 4 when D, F, R and every tensor offset are multiples of 4 floats (vec4 kernels), else 1 */
+  readonly w: 1 | 4
   readonly uniform: GPUBuffer
   readonly params: Binding
   readonly grads: Binding | null
@@ -184,6 +211,7 @@ function prepare(step: Step, refs: MixloraParamRefs, d: MixloraDims, opts: { aux
   guard(N % T === 0, `N=${N} must be a multiple of T=${T} (whole sequences)`)
   const E = moe.numExperts
   guard(E <= 32, `E=${E} over the kernels' 32 experts`)
+  guard(R <= 64, `R=${R} over the kernels' 64 ranks`)
   guard(moe.routing in ROUTING, `unknown routing ${moe.routing}`)
   guard(
     moe.routing !== "mixlora" || (Number.isInteger(moe.topK) && moe.topK >= 1 && moe.topK <= E),
@@ -245,11 +273,14 @@ function prepare(step: Step, refs: MixloraParamRefs, d: MixloraDims, opts: { aux
   ], [moe.routing === "dynamic" ? moe.topP : 0, d.scale, drop.keep, jit?.lo ?? 1, jit?.span ?? 0])
   const need = (name: string, buf: GPUBuffer, floats: number) =>
     guard(buf.size >= floats * 4, `${name} holds ${buf.size} bytes, needs ${floats * 4}`)
+  const aligned = [D, F, R, ...pb.rel].every((v) => v % 4 === 0)
   return {
     ctx,
     S,
     E,
+    R,
     targets,
+    w: aligned ? 4 : 1,
     uniform,
     params: pb.binding,
     grads: gb,
@@ -262,11 +293,56 @@ function run(step: Step, p: Prepared, file: string, bindings: readonly Binding[]
   step.dispatch(preludedPipeline(p.ctx, PRELUDE, file, p.constants), [p.uniform, ...bindings], groups)
 }
 
+const generated = new WeakMap<GpuContext, Map<string, { pipeline: GPUComputePipeline; gen: MoeKernelCode }>>()
+
+/**
+ * One dispatch of a generated kernel (src/kernels/moe_codegen.ts) over `invocations` (folded into x, y) times
+ * `z` (the expert of the list kernels), or over the workgroups of its segments (bwd_grads). `buffers` maps
+ * binding names to resources.
+ */
+function runGenerated(
+  step: Step,
+  p: Prepared,
+  kernel: MoeKernel,
+  buffers: Readonly<Record<string, Binding>>,
+  size: { invocations: number; z?: number } | { dims: { N: number; D: number; F: number } },
+): void {
+  const spec: MoeKernelSpec = {
+    kernel,
+    R: p.R,
+    E: p.E,
+    w: p.w,
+    targets: FFN_PROJECTIONS.filter((t) => p.targets.has(t)),
+  }
+  const name = moeKernelName(spec)
+  let cache = generated.get(p.ctx)
+  if (!cache) generated.set(p.ctx, cache = new Map())
+  const constants = { ...p.constants, WG: GEN_WG[kernel] }
+  const key = `${name}|${p.constants.ACT}`
+  let hit = cache.get(key)
+  if (!hit) {
+    const gen = generateMoeKernel(spec)
+    const code = [...PRELUDE.map(loadShader), gen.code].join("\n")
+    cache.set(key, hit = { pipeline: p.ctx.pipeline({ shader: name, code, constants }), gen })
+  }
+  const all: Record<string, Binding> = { ...buffers, p: p.params, ...(p.grads ? { g: p.grads } : {}) }
+  const bindings = hit.gen.bindings.map((n) => {
+    const b = all[n]
+    if (!b) throw new GpuValidationError({ label: name, reason: `no buffer for binding ${n}` })
+    return b
+  })
+  const wg = GEN_WG[kernel]
+  const groups: [number, number, number] = "invocations" in size
+    ? [...grid1d(p.ctx, size.invocations, wg), size.z ?? 1]
+    : [...grid1d(p.ctx, gradSegments(spec).reduce((a, s) => a + s.count({ ...size.dims, WG: wg }), 0), 1), 1]
+  step.dispatch(hit.pipeline, [p.uniform, ...bindings], groups)
+}
+
 // ---- forward ---------------------------------------------------------------------------------------
 
 /**
- * Adapter stages before the frozen down matmul: route, lists (+ this layer's stats row), shrink_in, hidden
- * (mix rows written), shrink_down. Inputs x, g0 = x W1ᵀ, u0 = x W3ᵀ are batch-shaped; `lengths` (rows) u32
+ * Adapter stages before the frozen down matmul: route, lists (+ this layer's stats row), fwd_experts (t1, t3,
+ * h, t2), mix (mix rows written). Inputs x, g0 = x W1ᵀ, u0 = x W3ᵀ are batch-shaped; `lengths` (rows) u32
  * real tokens per batch row; `stats` (L, 2E + 1) f32.
  */
 export function mixloraExpertsForward(
@@ -296,9 +372,13 @@ export function mixloraExpertsForward(
   p.need("hs", scratch.hs, N * S * F)
   run(step, p, "moe_route.wgsl", [s.P, s.w, s.expertOf, s.sel, x, p.params, lengths], grid1d(ctx, N))
   run(step, p, "moe_lists.wgsl", [s.list, s.counts, s.sel, s.expertOf, s.w, stats, s.P, lengths], [E, 1])
-  run(step, p, "moe_shrink_in.wgsl", [s.t, s.expertOf, x, p.params], grid1d(ctx, N * S * R))
-  run(step, p, "moe_hidden.wgsl", [mix, scratch.hs, g0, u0, s.t, s.w, s.expertOf, p.params], grid1d(ctx, N * F))
-  run(step, p, "moe_shrink_down.wgsl", [s.t, scratch.hs, s.expertOf, p.params], grid1d(ctx, N * S * R))
+  const hs = scratch.hs
+  const lists = { list: s.list, counts: s.counts }
+  runGenerated(step, p, "fwd_experts", { ...lists, t: s.t, hs, expert_of: s.expertOf, x, g0, u0 }, {
+    invocations: Math.ceil(N / moeListTile(R)),
+    z: E + 1,
+  })
+  runGenerated(step, p, "mix", { mix, hs, wt: s.w, expert_of: s.expertOf }, { invocations: N * (F / p.w) })
 }
 
 function checkSaved(p: Prepared, s: MixloraSavedBuffers, d: MixloraDims): void {
@@ -324,7 +404,9 @@ export function mixloraDownForward(
   checkSaved(p, args.saved, dims)
   if (!p.targets.has("down_proj")) return
   const s = args.saved
-  run(step, p, "moe_expand_down.wgsl", [args.y, s.t, s.w, s.expertOf, p.params], grid1d(p.ctx, dims.N * dims.D))
+  runGenerated(step, p, "expand_down", { y: args.y, t: s.t, wt: s.w, expert_of: s.expertOf }, {
+    invocations: dims.N,
+  })
 }
 
 /**
@@ -362,9 +444,9 @@ export function mixloraFfnForward(
 // ---- backward --------------------------------------------------------------------------------------
 
 /**
- * Adapter stages between the frozen dmix = dy W2 and dx = dg0 W1 + du0 W3: down (u2), hidden (dg0, du0 rows
- * written), dw, dt_in, expert gradients (+=), router (dlogits; aux gradient when `aux` (1 + E) from
- * `moeAuxLoss` is given), router gradient (+=). `params.grads` is required.
+ * Adapter stages between the frozen dmix = dy W2 and dx = dg0 W1 + du0 W3: bwd_experts (u2, h, dg, du, dt1,
+ * dt3, dw), router (dlogits; aux gradient when `aux` (1 + E) from `moeAuxLoss` is given), bwd_grads (expert
+ * and router gradients +=, dg0 and du0 rows written). `params.grads` is required.
  */
 export function mixloraExpertsBackward(
   step: Step,
@@ -398,21 +480,15 @@ export function mixloraExpertsBackward(
   p.need("dts", c.dts, 3 * N * S * R)
   p.need("dw", c.dw, N * S)
   p.need("dlogits", c.dlogits, N * E)
-  run(step, p, "moe_bwd_down.wgsl", [c.dts, dy, s.expertOf, p.params], grid1d(ctx, N * S * R))
-  run(
-    step,
-    p,
-    "moe_bwd_hidden.wgsl",
-    [c.hs, dg0, du0, dmix, g0, u0, s.t, c.dts, s.w, s.expertOf, p.params],
-    grid1d(ctx, N * F),
-  )
-  run(step, p, "moe_bwd_dw.wgsl", [c.dw, c.hs, dmix, s.t, c.dts, s.expertOf], grid1d(ctx, N * S))
-  run(step, p, "moe_bwd_dt_in.wgsl", [c.dts, c.hs, s.expertOf, p.params], grid1d(ctx, N * S * R))
-  const has = (q: FfnProjection) => p.targets.has(q) ? 1 : 0
-  const gradCount = E * (has("down_proj") * (D * R + R * F) + (has("gate_proj") + has("up_proj")) * (F * R + R * D))
-  run(step, p, "moe_bwd_grads.wgsl", [p.grads, s.list, s.counts, dy, x, s.t, c.dts, c.hs, s.w], grid1d(ctx, gradCount))
+  const pair = { t: s.t, wt: s.w, expert_of: s.expertOf, hs: c.hs, dts: c.dts }
+  const lists = { list: s.list, counts: s.counts }
+  runGenerated(step, p, "bwd_experts", { ...pair, ...lists, dw: c.dw, dy, dmix, g0, u0 }, {
+    invocations: Math.ceil(N / moeListTile(R)),
+    z: E,
+  })
   run(step, p, "moe_bwd_router.wgsl", [c.dlogits, s.P, c.dw, s.w, s.expertOf, args.aux ?? s.P, lengths], grid1d(ctx, N))
-  run(step, p, "moe_bwd_router_dg.wgsl", [p.grads, c.dlogits, x], grid1d(ctx, E * D))
+  const grads = { ...pair, ...lists, dg0, du0, x, dlogits: c.dlogits, dy }
+  runGenerated(step, p, "bwd_grads", grads, { dims: { N, D, F } })
 }
 
 /** dx[row0 ..] += the adapter's input gradient (expert gate/up LoRA and router), after dx = dg0 W1 + du0 W3. */
@@ -425,13 +501,9 @@ export function mixloraInputBackward(
   p.need("dx", args.dx, (dims.row0 + dims.N) * dims.D)
   checkSaved(p, args.saved, dims)
   const c = args.scratch
-  run(
-    step,
-    p,
-    "moe_bwd_dx.wgsl",
-    [args.dx, c.dts, c.dlogits, args.saved.expertOf, p.params],
-    grid1d(p.ctx, dims.N * dims.D),
-  )
+  runGenerated(step, p, "bwd_dx", { dx: args.dx, dts: c.dts, dlogits: c.dlogits, expert_of: args.saved.expertOf }, {
+    invocations: dims.N,
+  })
 }
 
 /**
