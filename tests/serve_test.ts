@@ -128,14 +128,18 @@ Deno.test("serve: 100 concurrent completions over loopback, packed, right shape,
       })
     }))
     assert.equal((await rt.metrics()).batches, 1, "the warm-up burst was one batch")
-    await load(100)
+    // more warm-up rounds over HTTP: how concurrent requests split into batches depends on timing, and each new
+    // batch shape allocates once; bounded memory means no growth once those shapes have been seen
+    for (let r = 0; r < 3; r++) await load(100)
     const m0 = await rt.metrics()
     const dev0 = (await rt.memory()).total
     gc()
     const mem0 = Deno.memoryUsage()
     const t0 = performance.now()
+    await load(100)
+    await load(100)
     const answers = await load(100)
-    const seconds = (performance.now() - t0) / 1000
+    const seconds = (performance.now() - t0) / 3000
     const m1 = await rt.metrics()
     const dev1 = (await rt.memory()).total
     gc()
@@ -170,10 +174,10 @@ Deno.test("serve: 100 concurrent completions over loopback, packed, right shape,
     const texts = await Promise.all(greedy.map((b) => post(b).then((r) => r.json()).then((j) => j.choices[0].text)))
     assert.equal(new Set(texts).size, MODELS.length, JSON.stringify(texts))
 
-    const batches = m1.batches - m0.batches
-    const fill = (m1.generate.requests - m0.generate.requests) / batches
-    const newTokens = m1.generate.tokens - m0.generate.tokens
-    const deviceSeconds = m1.generate.seconds - m0.generate.seconds
+    const batches = (m1.batches - m0.batches) / 3
+    const fill = (m1.generate.requests - m0.generate.requests) / 3 / batches
+    const newTokens = (m1.generate.tokens - m0.generate.tokens) / 3
+    const deviceSeconds = (m1.generate.seconds - m0.generate.seconds) / 3
     console.log(
       `100 requests in ${seconds.toFixed(2)} s: ${batches} device batches, batch fill ${fill.toFixed(1)} requests, ` +
         `${newTokens} new tokens, ${(newTokens / deviceSeconds).toFixed(0)} tokens/s on the device ` +
