@@ -3,14 +3,21 @@
  *
  *   deno run -A config/data/make_demo_data.ts        # rewrites config/data/*.jsonl
  *
- * Three small tasks a tiny LLaMA (D 128, 4 layers, V 512) can pick up in a few hundred steps, each with a train
+ * Three small tasks whose answer is computed from the prompt itself, so adapters on the embedded model (random
+ * weights: it knows no English and no digit order) can learn them in a few hundred steps. Each has a train
  * split and a held-out test split that shares no record with it:
- * - category_choice: multiple choice, "Which word is a color / an animal / a number?" with 3 choices (A–C,
- *   each letter one token "▁A" in the default tokenizer), exactly one from the asked category; accuracy-scored.
- * - copy_digits: instruction "Repeat 47193" → "47193" (5 random digits), Alpaca template.
- * - digit_shift: instruction "Add one to each digit." / "Subtract one from each digit." with a 4-digit input,
- *   output the digits ± 1 mod 10; meant for the short template `config/templates/short.json`.
- * All sequences are ≤ 64 tokens with the default tokenizer (about 35, 48 and 36).
+ * - category_choice: multiple choice, "Most digits of 31795 are" / A. low / B. mid / C. high, where low =
+ *   1–3, mid = 4–6, high = 7–9 and the answer is the category holding the strict plurality of the 5 digits
+ *   (draws with a tie are redrawn). Each choice letter is one token ("▁A"). The answer depends on the bag of
+ *   digits only, so one attention head that reads every digit and a readout per category solve it; the choices
+ *   contain no digits. Accuracy-scored.
+ * - copy_digits: "Repeat 4719" → "4719" (4 random digits) with the short template: attention back a fixed
+ *   distance (input digit k sits 9 tokens before output digit k).
+ * - digit_shift: "Add one to each digit." with a 3-digit input, output each digit + 1 mod 10 (9 → 0): the same
+ *   copy plus a per-token map for the FFN experts. Short template too.
+ * Lengths with the default tokenizer (BOS and EOS included): 46, 24 and 34 tokens (`cutoff_len` 64).
+ * Why not word knowledge ("which word is a color?"): with random base weights every word is an arbitrary
+ * token sequence, so such a task is a memorisation problem the demo's step budget cannot solve.
  * @module
  */
 import { fileURLToPath } from "node:url"
@@ -18,33 +25,20 @@ import { Rng } from "../../src/util/rng.ts"
 
 /** Seed of all demo data; each task draws from `Rng.fromSeed(DEMO_DATA_SEED).fork(task)`. */
 export const DEMO_DATA_SEED = 20240601
-/** Records per split. */
-export const DEMO_SIZES = { train: 300, test: 60 } as const
+/** Records per split and task (train sizes × `num_epochs` of config/demo.json set the training time). */
+export const DEMO_SIZES = {
+  category_choice: { train: 400, test: 100 },
+  copy_digits: { train: 600, test: 60 },
+  digit_shift: { train: 500, test: 60 },
+} as const
 
-const CATEGORIES: Readonly<Record<string, { question: string; words: readonly string[] }>> = {
-  color: {
-    question: "Which word is a color?",
-    words: ["red", "blue", "green", "yellow", "black", "white", "pink", "brown", "gray", "orange", "purple"],
-  },
-  animal: {
-    question: "Which word is an animal?",
-    words: ["cat", "dog", "bird", "fish", "horse", "cow", "lion", "mouse", "sheep", "duck", "frog"],
-  },
-  number: {
-    question: "Which word is a number?",
-    words: ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"],
-  },
-}
-/** Distractors only (never asked for). */
-const THINGS = ["tree", "house", "car", "book", "cup", "door", "table", "chair", "box", "ball"]
-
-const pick = <T>(rng: Rng, items: readonly T[]): T => items[rng.nextInt(items.length)]
+type Task = keyof typeof DEMO_SIZES
 
 /** Draws `train + test` distinct records (by their JSON text) from `draw`, the first `train` for training. */
-function splits(draw: () => Record<string, unknown>): { train: string[]; test: string[] } {
+function splits(draw: () => Record<string, unknown>, size: { train: number; test: number }) {
   const seen = new Set<string>()
   const lines: string[] = []
-  const total = DEMO_SIZES.train + DEMO_SIZES.test
+  const total = size.train + size.test
   for (let tries = 0; lines.length < total; tries++) {
     if (tries > 100 * total) throw new RangeError("make_demo_data: too few distinct records")
     const line = JSON.stringify(draw())
@@ -52,49 +46,52 @@ function splits(draw: () => Record<string, unknown>): { train: string[]; test: s
     seen.add(line)
     lines.push(line)
   }
-  return { train: lines.slice(0, DEMO_SIZES.train), test: lines.slice(DEMO_SIZES.train) }
-}
-
-function categoryChoice(rng: Rng): Record<string, unknown> {
-  const names = Object.keys(CATEGORIES)
-  const asked = pick(rng, names)
-  const others = [...names.filter((n) => n !== asked).flatMap((n) => CATEGORIES[n].words), ...THINGS]
-  const right = pick(rng, CATEGORIES[asked].words)
-  const wrong1 = pick(rng, others)
-  let wrong2 = pick(rng, others)
-  while (wrong2 === wrong1) wrong2 = pick(rng, others)
-  const answer = rng.nextInt(3)
-  const choices = [wrong1, wrong2]
-  choices.splice(answer, 0, right)
-  return { question: CATEGORIES[asked].question, choices, answer: "ABC"[answer] }
+  return { train: lines.slice(0, size.train), test: lines.slice(size.train) }
 }
 
 const digits = (rng: Rng, n: number): string => Array.from({ length: n }, () => String(rng.nextInt(10))).join("")
 
+/** Category of a digit 1..9: 0 = low (1–3), 1 = mid (4–6), 2 = high (7–9). */
+const category = (d: number): number => Math.floor((d - 1) / 3)
+
+function categoryChoice(rng: Rng): Record<string, unknown> {
+  for (;;) {
+    const ds = Array.from({ length: 5 }, () => 1 + rng.nextInt(9))
+    const counts = [0, 0, 0]
+    for (const d of ds) counts[category(d)]++
+    const most = Math.max(...counts)
+    if (counts.filter((c) => c === most).length > 1) continue // no strict plurality: redraw
+    return {
+      question: `Most digits of ${ds.join("")} are`,
+      choices: ["low", "mid", "high"],
+      answer: "ABC"[counts.indexOf(most)],
+    }
+  }
+}
+
 function copyDigits(rng: Rng): Record<string, unknown> {
-  const d = digits(rng, 5)
+  const d = digits(rng, 4)
   return { instruction: `Repeat ${d}`, output: d }
 }
 
 function digitShift(rng: Rng): Record<string, unknown> {
-  const up = rng.nextInt(2) === 0
-  const d = digits(rng, 4)
-  const out = Array.from(d, (c) => String((Number(c) + (up ? 1 : 9)) % 10)).join("")
-  return { instruction: up ? "Add one to each digit." : "Subtract one from each digit.", input: d, output: out }
+  const d = digits(rng, 3)
+  const out = Array.from(d, (c) => String((Number(c) + 1) % 10)).join("")
+  return { instruction: "Add one to each digit.", input: d, output: out }
 }
 
 /** File name (in config/data/) → exact text of every demo data file. */
 export function demoDataFiles(): Record<string, string> {
   const root = Rng.fromSeed(DEMO_DATA_SEED)
-  const tasks: Record<string, (rng: Rng) => Record<string, unknown>> = {
+  const tasks: Record<Task, (rng: Rng) => Record<string, unknown>> = {
     category_choice: categoryChoice,
     copy_digits: copyDigits,
     digit_shift: digitShift,
   }
   const files: Record<string, string> = {}
-  for (const [name, make] of Object.entries(tasks)) {
+  for (const [name, make] of Object.entries(tasks) as [Task, (rng: Rng) => Record<string, unknown>][]) {
     const rng = root.fork(name)
-    const { train, test } = splits(() => make(rng))
+    const { train, test } = splits(() => make(rng), DEMO_SIZES[name])
     files[`${name}_train.jsonl`] = train.join("\n") + "\n"
     files[`${name}_test.jsonl`] = test.join("\n") + "\n"
   }
