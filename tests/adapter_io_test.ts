@@ -11,14 +11,8 @@ import {
   type MoeSpec,
   projectionShape,
 } from "../src/model/adapter.ts"
-import {
-  type CheckpointData,
-  latestCheckpoint,
-  loadAdapter,
-  loadCheckpoint,
-  saveAdapter,
-  saveCheckpoint,
-} from "../src/model/adapter_io.ts"
+import { loadAdapter, saveAdapter } from "../src/model/adapter_io.ts"
+import { type CheckpointData, latestCheckpoint, loadCheckpoint, saveCheckpoint } from "../src/model/checkpoint_io.ts"
 import type { LlamaConfig, Projection } from "../src/model/types.ts"
 import { Rng } from "../src/util/rng.ts"
 

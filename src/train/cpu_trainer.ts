@@ -27,7 +27,7 @@ import type { Example } from "../data/tokenize.ts"
 import { ConfigError } from "../errors.ts"
 import type { AdapterWeights } from "../model/adapter.ts"
 import { packAdapter, type ParamLayout, paramLayout, unpackAdapter } from "../model/adapter_device.ts"
-import { OPTIMIZER_FILE } from "../model/adapter_io.ts"
+import { OPTIMIZER_FILE } from "../model/checkpoint_io.ts"
 import type { BatchDescriptor, LlamaConfig, LlamaWeights } from "../model/types.ts"
 import { referenceTrainStep } from "../reference/llama_train.ts"
 import {

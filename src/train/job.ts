@@ -23,13 +23,8 @@ import {
   writeAdapter,
 } from "../model/adapter_device.ts"
 import { initAdapter } from "../model/adapter_init.ts"
-import {
-  latestCheckpoint,
-  loadCheckpoint,
-  type LoadedCheckpoint,
-  saveAdapter,
-  saveCheckpoint,
-} from "../model/adapter_io.ts"
+import { saveAdapter } from "../model/adapter_io.ts"
+import { latestCheckpoint, loadCheckpoint, type LoadedCheckpoint, saveCheckpoint } from "../model/checkpoint_io.ts"
 import type { LlamaConfig } from "../model/types.ts"
 import { Rng } from "../util/rng.ts"
 import { AdapterOptimizer, optimizerHyper, type OptimizerState } from "./optimizer.ts"
