@@ -61,8 +61,8 @@ Deno.test("demo config parses: three adapters, MixLoRA top-2, plain LoRA, dynami
   assert.equal(choice.mixlora!.topK, 2)
   assert.equal(choice.accumulationSteps, 2)
   assert.equal(copy.mixlora, null)
-  // seed names w1/w2/w3 map to gate/down/up, output in HF order
-  assert.deepEqual(digits.targetModules, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+  // seed names w1/w2/w3 map to gate/down/up (w1 and w3 switched off: experts on down_proj only), output in HF order
+  assert.deepEqual(digits.targetModules, ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])
   assert.equal(digits.mixlora!.topP, 0.75)
   assert.equal(digits.mixlora!.topK, null)
   assert.ok(digits.prompt!.endsWith("config/templates/short.json"))
