@@ -34,6 +34,7 @@ import { generateWithStats } from "../src/generate/generate.ts"
 import { checkSamplingParams } from "../src/generate/sampling.ts"
 import { loadTokenizer, type Tokenizer } from "../src/io/tokenizer.ts"
 import type { AdapterSpec, AdapterWeights } from "../src/model/adapter.ts"
+import type { GpuContext } from "../src/gpu/context.ts"
 import { type DeviceAdapter, releaseAdapter, uploadAdapter } from "../src/model/adapter_device.ts"
 import { loadAdapter } from "../src/model/adapter_io.ts"
 import { initAdapter } from "../src/model/adapter_init.ts"
@@ -369,7 +370,23 @@ const makeRuntime = (env: Env) =>
     const registry = new Map<string, Entry>()
     const reserved = new Set<string>()
     const work = { score: { requests: 0, tokens: 0, seconds: 0 }, generate: { requests: 0, tokens: 0, seconds: 0 } }
-    const baseStandIn = zeroAdapter(modelConfig)
+    // "base" is scored through an all-zero LoRA (evaluate always applies an adapter); kept on the device like the rest
+    const baseEntry: Entry = {
+      name: BASE_MODEL,
+      weights: zeroAdapter(modelConfig),
+      dev: null,
+      generation: 0,
+      refs: 0,
+      onIdle: null,
+    }
+    /** The entry's weights on the current device, uploaded once (again after a device restart). */
+    const onDevice = (e: Entry, ctx: GpuContext, generation: number): DeviceAdapter => {
+      if (e.dev === null || e.generation !== generation) {
+        e.dev = uploadAdapter(ctx, e.weights, modelConfig)
+        e.generation = generation
+      }
+      return e.dev
+    }
 
     const freeOnDevice = (e: Entry) =>
       device.run((b) => {
@@ -378,7 +395,9 @@ const makeRuntime = (env: Env) =>
         e.dev = null
       }).pipe(Effect.ignore)
     // added before the batcher starts, so it runs after the batcher stopped (finalizers run in reverse)
-    yield* Effect.addFinalizer(() => Effect.forEach([...registry.values()], freeOnDevice, { discard: true }))
+    yield* Effect.addFinalizer(() => Effect.forEach([...registry.values(), baseEntry], freeOnDevice, { discard: true }))
+    // the base stand-in is part of the runtime's fixed footprint: on the device from the start
+    yield* device.run((b) => void (b.kind === "gpu" && onDevice(baseEntry, b.ctx, b.generation)))
 
     const known = () => [...registry.keys()].join(", ")
     const acquire = (name: string): Effect.Effect<Entry | null, UnknownAdapter> =>
@@ -406,13 +425,14 @@ const makeRuntime = (env: Env) =>
           const model = new LlamaModel(b.ctx, loaded.base)
           try {
             // all score requests: one task per adapter, one row per text, every task in the same packed forward
-            const groups: { weights: AdapterWeights; examples: Example[] }[] = []
+            const groups: { weights: AdapterWeights; device: DeviceAdapter; examples: Example[] }[] = []
             const groupOf = new Map<Entry | null, number>()
             const where = scores.map((it) => {
               let t = groupOf.get(it.entry)
               if (t === undefined) {
                 groupOf.set(it.entry, t = groups.length)
-                groups.push({ weights: it.entry?.weights ?? baseStandIn, examples: [] })
+                const e = it.entry ?? baseEntry
+                groups.push({ weights: e.weights, device: onDevice(e, b.ctx, b.generation), examples: [] })
               }
               const first = groups[t].examples.length
               for (const ids of it.texts) {
@@ -427,18 +447,18 @@ const makeRuntime = (env: Env) =>
             // batchSize = all rows of the task: one chunk each, so every task is in the one packed forward
             const tasks = groups.map((g, t): EvalTask => ({ name: `t${t}`, ...g, batchSize: g.examples.length }))
             const evaluated = tasks.length ? await evaluate(model, tasks, { padId: tokenizer.padId }) : null
-            for (const it of gens) {
-              const e = it.entry
-              if (e && (e.dev === null || e.generation !== b.generation)) {
-                e.dev = uploadAdapter(b.ctx, e.weights, modelConfig)
-                e.generation = b.generation
-              }
-            }
             const generated = gens.length
-              ? await generateWithStats(model, gens.map((it) => ({ ...it, adapter: it.entry?.dev ?? null })), {
-                eosId: tokenizer.eosId,
-                maxBatchRows: gens.length,
-              })
+              ? await generateWithStats(
+                model,
+                gens.map((it) => ({
+                  ...it,
+                  adapter: it.entry ? onDevice(it.entry, b.ctx, b.generation) : null,
+                })),
+                {
+                  eosId: tokenizer.eosId,
+                  maxBatchRows: gens.length,
+                },
+              )
               : null
             return { evaluated, where, generated }
           } finally {

@@ -38,6 +38,8 @@ export interface EvalTask {
   /** name in the results (several tasks may share weights, e.g. "before" and "after" columns) */
   readonly name: string
   readonly weights: AdapterWeights
+  /** the same weights already on the device (the caller keeps and frees them); uploaded here when absent */
+  readonly device?: DeviceAdapter
   /** tokenized test records */
   readonly examples: readonly Example[]
   /** rows of this adapter per packed batch (`test_batch_size`) */
@@ -169,8 +171,13 @@ export async function evaluate(
   const t0 = performance.now()
   const trips0 = ctx.roundTrips
   const devs: DeviceAdapter[] = []
+  const owned: DeviceAdapter[] = []
   try {
-    for (const task of tasks) devs.push(uploadAdapter(ctx, task.weights, config))
+    for (const task of tasks) {
+      const dev = task.device ?? uploadAdapter(ctx, task.weights, config)
+      if (!task.device) owned.push(dev)
+      devs.push(dev)
+    }
     for (const [k, parts] of batches.entries()) {
       const present = parts.map((p, t) => ({ t, rows: p })).filter((p) => p.rows.length > 0)
       const flat = present.flatMap((p) => p.rows)
@@ -223,7 +230,7 @@ export async function evaluate(
       opts.onBatch?.(k + 1, batches.length)
     }
   } finally {
-    for (const dev of devs) releaseAdapter(ctx, dev)
+    for (const dev of owned) releaseAdapter(ctx, dev)
   }
   const results = tasks.map((task, t): EvalResult => {
     const loss = lossCount[t] > 0 ? lossSum[t] / lossCount[t] : NaN
