@@ -8,6 +8,7 @@
 // on the device is a few ulp off, and at position 511 one ulp of inv_freq moves the angle by ~3e-5 rad).
 // cos/sin are taken after an explicit Cody-Waite reduction of a to [−π, π] (2π = C1 + C2 + C3, C1 with 8
 // significant bits so that k·C1 is exact for k < 2^16): WGSL only bounds sin/cos error inside [−π, π].
+// The reduction lives in rope_common.wgsl, a prelude shared with rope_positions.wgsl.
 //
 // Backward (INVERSE = true): the gradient of a rotation by a is the rotation by −a (its transpose), so the same
 // kernel on dq, dk with sin a negated (exactly) gives, in place,
@@ -44,11 +45,6 @@ override WG: u32 = 64u;
 /** rotate by −a: the backward */
 override INVERSE: bool = false;
 
-const INV_2PI: f32 = 0.15915493667125702;
-const C1: f32 = 6.28125;
-const C2: f32 = 0.0019353071693331003;
-const C3: f32 = 1.0253131677018246e-11;
-
 @compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -69,10 +65,9 @@ fn main(
   let start = select(0u, dims.T - lengths[r], dims.left != 0u);
   let pos = max(i32(t) - i32(start), 0);
   let a = f32(pos) * dims.inv_freq[i / 4u][i % 4u];
-  let kk = round(a * INV_2PI);
-  let red = ((a - kk * C1) - kk * C2) - kk * C3;
-  let c = cos(red);
-  let s = select(sin(red), -sin(red), INVERSE);
+  let cs = rope_cos_sin(a);
+  let c = cs.x;
+  let s = select(cs.y, -cs.y, INVERSE);
   if (head < dims.H) {
     let o = (n * dims.H + head) * dims.Dh + i;
     let x1 = q[o];

@@ -33,11 +33,6 @@ struct Dims {
 
 override WG: u32 = 64u;
 
-const INV_2PI: f32 = 0.15915493667125702;
-const C1: f32 = 6.28125;
-const C2: f32 = 0.0019353071693331003;
-const C3: f32 = 1.0253131677018246e-11;
-
 @compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -54,10 +49,9 @@ fn main(
   let head = (idx / half) % heads;
   let n = idx / half / heads;
   let a = f32(positions[n]) * dims.inv_freq[i / 4u][i % 4u];
-  let kk = round(a * INV_2PI);
-  let red = ((a - kk * C1) - kk * C2) - kk * C3;
-  let c = cos(red);
-  let s = sin(red);
+  let cs = rope_cos_sin(a);
+  let c = cs.x;
+  let s = cs.y;
   if (head < dims.H) {
     let o = (n * dims.H + head) * dims.Dh + i;
     let x1 = q[o];

@@ -33,6 +33,8 @@ export interface GpuOptions {
 export interface PipelineSpec {
   /** file name in shaders/ (e.g. "rmsnorm.wgsl"), also the cache key when `code` is absent */
   readonly shader: string
+  /** shader files prepended to `shader` (shared structs and functions; WGSL has no include) */
+  readonly preludes?: readonly string[]
   /** generated WGSL; when given, `shader` only names it in errors and the cache key includes the code */
   readonly code?: string
   readonly entryPoint?: string
@@ -129,12 +131,12 @@ export class GpuContext {
   /** Cached compute pipeline; compile errors surface (typed) at the next `read`/`sync`/`checkErrors`. */
   pipeline(spec: PipelineSpec): GPUComputePipeline {
     const constants = spec.constants ?? {}
-    const key = `${spec.shader}|${spec.entryPoint ?? "main"}|${
+    const key = `${spec.preludes?.join("+") ?? ""}|${spec.shader}|${spec.entryPoint ?? "main"}|${
       Object.keys(constants).sort().map((k) => `${k}=${constants[k]}`).join(",")
     }|${spec.code ?? ""}`
     const hit = this.pipelines.get(key)
     if (hit) return hit
-    const code = spec.code ?? loadShader(spec.shader)
+    const code = [...(spec.preludes ?? []).map(loadShader), spec.code ?? loadShader(spec.shader)].join("\n")
     this.device.pushErrorScope("validation")
     const module = this.device.createShaderModule({ label: spec.shader, code })
     const pipeline = this.device.createComputePipeline({

@@ -21,7 +21,6 @@
  */
 import { GpuValidationError } from "../errors.ts"
 import type { Binding, GpuContext, Step } from "../gpu/context.ts"
-import { loadShader } from "../gpu/shaders.ts"
 import { dropoutParams } from "../reference/lora.ts"
 import {
   generateLoraKernel,
@@ -67,24 +66,14 @@ export interface LoraDims {
 
 // ---- helpers shared with src/kernels/moe.ts --------------------------------------------------------
 
-const pipelines = new WeakMap<GpuContext, Map<string, GPUComputePipeline>>()
-
-/** The pipeline of `file` with `preludes` prepended (cached per context by file + constants). */
+/** The pipeline of `file` with `preludes` prepended (cached by the context). */
 export function preludedPipeline(
   ctx: GpuContext,
   preludes: readonly string[],
   file: string,
   constants: Readonly<Record<string, number>>,
 ): GPUComputePipeline {
-  let cache = pipelines.get(ctx)
-  if (!cache) pipelines.set(ctx, cache = new Map())
-  const key = `${file}|${Object.keys(constants).sort().map((k) => `${k}=${constants[k]}`).join(",")}`
-  let p = cache.get(key)
-  if (!p) {
-    const code = [...preludes, file].map(loadShader).join("\n")
-    cache.set(key, p = ctx.pipeline({ shader: file, code, constants }))
-  }
-  return p
+  return ctx.pipeline({ shader: file, preludes, constants })
 }
 
 /** Workgroups for `count` invocations of WG lanes, folded into 2-D under maxComputeWorkgroupsPerDimension. */
@@ -177,8 +166,8 @@ function pipelineOf(ctx: GpuContext, spec: LoraKernelSpec): GPUComputePipeline {
   const name = loraKernelName(spec)
   let p = cache.get(name)
   if (!p) {
-    const code = [...PRELUDE.map(loadShader), generateLoraKernel(spec)].join("\n")
-    cache.set(name, p = ctx.pipeline({ shader: name, code, constants: { WG: LORA_WG } }))
+    const code = generateLoraKernel(spec)
+    cache.set(name, p = ctx.pipeline({ shader: name, preludes: PRELUDE, code, constants: { WG: LORA_WG } }))
   }
   return p
 }

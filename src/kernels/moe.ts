@@ -29,7 +29,6 @@
  */
 import { GpuValidationError } from "../errors.ts"
 import type { Binding, GpuContext, Step } from "../gpu/context.ts"
-import { loadShader } from "../gpu/shaders.ts"
 import { FFN_PROJECTIONS, type FfnProjection, type MoeSpec } from "../model/adapter.ts"
 import { jitterParams } from "../reference/lora.ts"
 import { moeSlots } from "../reference/mixlora.ts"
@@ -322,8 +321,8 @@ function runGenerated(
   let hit = cache.get(key)
   if (!hit) {
     const gen = generateMoeKernel(spec)
-    const code = [...PRELUDE.map(loadShader), gen.code].join("\n")
-    cache.set(key, hit = { pipeline: p.ctx.pipeline({ shader: name, code, constants }), gen })
+    const pipeline = p.ctx.pipeline({ shader: name, preludes: PRELUDE, code: gen.code, constants })
+    cache.set(key, hit = { pipeline, gen })
   }
   const all: Record<string, Binding> = { ...buffers, p: p.params, ...(p.grads ? { g: p.grads } : {}) }
   const bindings = hit.gen.bindings.map((n) => {

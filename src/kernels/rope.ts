@@ -75,10 +75,18 @@ function rope(
   const uniform = ctx.uniform([N, T, H, KV, Dh, dims.padSide === "left" ? 1 : 0, 0, 0], Array.from(invFreq))
   const groups = Math.ceil(threads / WG)
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
-  step.dispatch(ctx.pipeline({ shader: "rope.wgsl", constants: opts.inverse ? { WG, INVERSE: 1 } : { WG } }), [
-    uniform,
-    buffers.q,
-    buffers.k,
-    buffers.lengths,
-  ], [gx, Math.ceil(groups / gx)])
+  step.dispatch(
+    ctx.pipeline({
+      shader: "rope.wgsl",
+      preludes: ["rope_common.wgsl"],
+      constants: opts.inverse ? { WG, INVERSE: 1 } : { WG },
+    }),
+    [
+      uniform,
+      buffers.q,
+      buffers.k,
+      buffers.lengths,
+    ],
+    [gx, Math.ceil(groups / gx)],
+  )
 }

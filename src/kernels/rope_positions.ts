@@ -42,7 +42,7 @@ export function ropeAtPositions(
   const uniform = ctx.uniform([N, H, KV, Dh], Array.from(invFreq))
   const groups = Math.ceil(threads / WG)
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
-  step.dispatch(ctx.pipeline({ shader: "rope_positions.wgsl", constants: { WG } }), [
+  step.dispatch(ctx.pipeline({ shader: "rope_positions.wgsl", preludes: ["rope_common.wgsl"], constants: { WG } }), [
     uniform,
     buffers.q,
     buffers.k,
