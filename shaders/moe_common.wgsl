@@ -32,7 +32,6 @@ struct Dims {
 }
 
 override WG: u32 = 64u;
-override ACT: u32 = 0u;
 
 const ROUTING_MIXLORA: u32 = 0u;
 const ROUTING_SWITCH: u32 = 1u;
@@ -62,41 +61,6 @@ fn jitter(gi: u32, d: u32) -> f32 {
 // Flat invocation index of a 1-D grid folded into 2-D (x ≤ maxComputeWorkgroupsPerDimension).
 fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
   return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
-// 1 + erf(z), the Numerical Recipes erfc fit of src/reference/swiglu.ts onePlusErf.
-fn one_plus_erf(z: f32) -> f32 {
-  let t = 1.0 / (1.0 + 0.5 * abs(z));
-  let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
-    t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
-  let erfc = t * exp(-z * z + p);
-  return select(erfc, 2.0 - erfc, z >= 0.0);
-}
-
-// act (ACT 0 silu, 1 gelu, 2 gelu_tanh), as shaders/swiglu.wgsl
-fn act(x: f32) -> f32 {
-  if (ACT == 1u) {
-    return 0.5 * x * one_plus_erf(x * 0.70710678118654752);
-  }
-  if (ACT == 2u) {
-    let y = clamp(0.79788456080286536 * (x + 0.044715 * x * x * x), -10.0, 10.0);
-    return 0.5 * x * (1.0 + tanh(y));
-  }
-  return x / (1.0 + exp(-x));
-}
-
-// act'(x): silu σ(1 + x(1 − σ)); gelu ½(1 + erf(x/√2)) + x φ(x); gelu_tanh ½(1 + th) + ½x(1 − th²)·c(1 + 3·0.044715x²)
-fn act_grad(x: f32) -> f32 {
-  if (ACT == 1u) {
-    return 0.5 * one_plus_erf(x * 0.70710678118654752) + x * exp(-0.5 * x * x) * 0.39894228040143268;
-  }
-  if (ACT == 2u) {
-    let c = 0.79788456080286536;
-    let th = tanh(clamp(c * (x + 0.044715 * x * x * x), -10.0, 10.0));
-    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * c * (1.0 + 0.134145 * x * x);
-  }
-  let sg = 1.0 / (1.0 + exp(-x));
-  return sg * (1.0 + x * (1.0 - sg));
 }
 
 // Whether batch token gi is real: row r = gi / T, position t = gi % T; right padding t < len, left t ≥ T − len.

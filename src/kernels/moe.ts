@@ -46,7 +46,7 @@ import {
 } from "./moe_codegen.ts"
 
 const WG = 64
-const PRELUDE = ["lora_common.wgsl", "moe_common.wgsl"]
+const PRELUDE = ["lora_common.wgsl", "activation.wgsl", "moe_common.wgsl"]
 /** Workgroup sizes of the generated kernels: one 8-lane SIMD group for the per-pair / per-token / per-tile ones
  * (few hundred invocations; lavapipe's threads take whole workgroups), 64 for the per-element mix. */
 const GEN_WG: Record<MoeKernel, number> = {

@@ -33,12 +33,16 @@ export function swigluForward(
   const ctx = step.ctx
   const groups = Math.ceil(count / WG)
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
-  step.dispatch(ctx.pipeline({ shader: "swiglu.wgsl", constants: { WG, ACT: ACT[act] } }), [
-    ctx.uniform([count]),
-    buffers.h,
-    buffers.g,
-    buffers.u,
-  ], [gx, Math.ceil(groups / gx)])
+  step.dispatch(
+    ctx.pipeline({ shader: "swiglu.wgsl", preludes: ["activation.wgsl"], constants: { WG, ACT: ACT[act] } }),
+    [
+      ctx.uniform([count]),
+      buffers.h,
+      buffers.g,
+      buffers.u,
+    ],
+    [gx, Math.ceil(groups / gx)],
+  )
 }
 
 /**
@@ -72,6 +76,7 @@ export function swigluBackward(
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
   const pipeline = ctx.pipeline({
     shader: "swiglu.wgsl",
+    preludes: ["activation.wgsl"],
     entryPoint: inPlace ? "backward_inplace" : "backward",
     constants: { WG, ACT: ACT[act] },
   })
