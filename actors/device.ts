@@ -11,6 +11,7 @@
  */
 import { Context, Effect, Layer } from "effect"
 import { GpuContext, MEMORY_CATEGORIES, type MemoryCategory } from "../src/gpu/context.ts"
+import { arenaOf } from "../src/model/adapter_arena.ts"
 import { DeviceLost, DeviceOutOfMemory, GpuValidationError, NoAdapterError, ShaderCompileError } from "../src/errors.ts"
 import { type ActorStopped, makeActor } from "./actor.ts"
 
@@ -28,6 +29,8 @@ export interface MemoryReport {
   readonly adapter: string
   readonly bytes: Readonly<Record<MemoryCategory, number>>
   readonly total: number
+  /** bytes of adapter parameter and gradient blocks in use (≤ bytes.adapters, the arena's reserved slabs) */
+  readonly adapterBytesInUse: number
 }
 
 const isDeviceError = (e: unknown): e is DeviceError =>
@@ -88,18 +91,26 @@ export class Device extends Context.Service<Device, {
                 catch: (e) => e,
               }).pipe(Effect.catch((e) => isDeviceError(e) ? Effect.fail(e) : Effect.die(e)))
             ),
-          memory: actor.ask((s) => Effect.sync(() => report("gpu", first.description, s.ctx.memory()))),
+          memory: actor.ask((s) =>
+            Effect.sync(() => report("gpu", first.description, s.ctx.memory(), arenaOf(s.ctx).usedBytes()))
+          ),
           generation: actor.ask((s) => Effect.succeed(s.generation)),
         })
       }),
     )
 }
 
-const report = (backend: "gpu" | "cpu", adapter: string, bytes: Record<MemoryCategory, number>): MemoryReport => ({
+const report = (
+  backend: "gpu" | "cpu",
+  adapter: string,
+  bytes: Record<MemoryCategory, number>,
+  adapterBytesInUse = 0,
+): MemoryReport => ({
   backend,
   adapter,
   bytes,
   total: MEMORY_CATEGORIES.reduce((n, c) => n + bytes[c], 0),
+  adapterBytesInUse,
 })
 
 /** `--device cpu`: the plain TypeScript reference kernels; still serialised through an actor. */

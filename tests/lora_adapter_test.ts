@@ -17,6 +17,7 @@ import {
   uploadAdapter,
   zeroGrads,
 } from "../src/model/adapter_device.ts"
+import { SLAB_FLOATS } from "../src/model/adapter_arena.ts"
 import { initAdapter } from "../src/model/adapter_init.ts"
 import { Rng } from "../src/util/rng.ts"
 
@@ -139,17 +140,28 @@ Deno.test("uploadAdapter / downloadAdapter / grads: round trip, category 'adapte
     // make B non-zero so the round trip covers every tensor
     w.layers.forEach((l) => l.experts!.forEach((ex) => ex.up_proj!.b.fill(0.5)))
     const dev = uploadAdapter(ctx, w, MODEL)
-    assert.equal(ctx.memory().adapters - before, 2 * dev.layout.total * 4)
+    // the first adapter opens a slab of the arena: parameters and gradients, SLAB_FLOATS each
+    assert.equal(ctx.memory().adapters - before, 2 * SLAB_FLOATS * 4)
     assert.deepEqual(await downloadAdapter(ctx, dev), w)
     const g = await downloadGrads(ctx, dev)
     assert.ok(g.layers.every((l) => l.router!.every((v) => v === 0)))
-    ctx.write(dev.grads, new Float32Array(dev.layout.total).fill(3))
+    // a second adapter shares the slab, right after the first one's block
+    const dev2 = uploadAdapter(ctx, w, MODEL)
+    assert.equal(dev2.params, dev.params)
+    assert.equal(dev2.base, dev.layout.total)
+    assert.equal(ctx.memory().adapters - before, 2 * SLAB_FLOATS * 4)
+    const n = dev.layout.total
+    ctx.write(dev.grads, new Float32Array(2 * n).fill(3), dev.base * 4)
     const step = ctx.begin()
-    zeroGrads(step, dev)
-    const [bytes] = await ctx.read([dev.grads], step)
-    assert.ok(new Float32Array(bytes).every((v) => v === 0))
+    zeroGrads(step, dev2)
+    const [bytes] = await ctx.read([{ buffer: dev.grads, offset: 0, size: 2 * n * 4 }], step)
+    const gr = new Float32Array(bytes)
+    assert.ok(gr.subarray(0, n).every((v) => v === 3), "zeroGrads of one adapter touched its neighbour")
+    assert.ok(gr.subarray(n).every((v) => v === 0))
+    assert.deepEqual(await downloadAdapter(ctx, dev2), w)
+    releaseAdapter(ctx, dev2)
     const refs = mixloraRefs(dev, 1)
-    assert.equal(refs.router, dev.layout.layers[1].router)
+    assert.equal(refs.router, dev.base + dev.layout.layers[1].router!)
     assert.equal(refs.params, dev.params)
     assert.equal(loraRefs(dev, 0, "q_proj")!.db.buffer, dev.grads)
     assert.equal(loraRefs(dev, 0, "k_proj"), null)

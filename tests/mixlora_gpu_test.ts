@@ -214,7 +214,7 @@ async function check(c: Case, training: boolean): Promise<void> {
     const run = async () => {
       const lengthsAll = up(LENGTHS, true), lengthsOne = up([LENGTHS[ROW]], true)
       const stats = zeros(2 * (2 * E + 1)), aux = zeros(1 + E)
-      for (const dev of devs) ctx.write(dev.grads, new Float32Array(dev.layout.total))
+      for (const dev of devs) ctx.write(dev.grads, new Float32Array(dev.layout.total), dev.base * 4)
       // staged, rows [ROW·T, (ROW+1)·T) of the shared batch, stats row 0
       const M = ROWS * T
       const xb = up(fx.xAll), dyb = up(fx.dyAll)

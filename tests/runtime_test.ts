@@ -284,14 +284,14 @@ Deno.test("runtime: register / unregister, ref-counted; unknown adapters and bad
   await saveRandomAdapters(dir)
   const rt = await createRuntime({ batch: { windowMs: 30 } })
   try {
-    const before = (await rt.memory()).bytes.adapters
+    const before = (await rt.memory()).adapterBytesInUse
     const info = await rt.registerAdapter("lora", { dir })
     assert.deepEqual(info, { name: "lora", kind: "lora", r: 4, targets: SPECS[0].targets, experts: 0 })
     const fresh = await rt.registerAdapter("fresh", {
       config: { r: 2, lora_alpha: 4, target_modules: ["gate_proj", "up_proj"], num_experts: 2, top_k: 1 },
     })
     assert.deepEqual(fresh, { name: "fresh", kind: "mixlora", r: 2, targets: ["gate_proj", "up_proj"], experts: 2 })
-    assert.ok((await rt.memory()).bytes.adapters > before)
+    assert.ok((await rt.memory()).adapterBytesInUse > before)
     assert.deepEqual((await rt.adapters()).map((a) => a.name), ["lora", "fresh"])
 
     // a fresh adapter (B = 0) is the base model: same greedy tokens, same scores
@@ -342,7 +342,7 @@ Deno.test("runtime: register / unregister, ref-counted; unknown adapters and bad
     await gone
     assert.deepEqual(order, ["generated", "unregistered"])
     await rt.unregisterAdapter("fresh")
-    assert.equal((await rt.memory()).bytes.adapters, before, "every adapter buffer freed")
+    assert.equal((await rt.memory()).adapterBytesInUse, before, "every adapter block freed")
     await rejects(rt.unregisterAdapter("fresh"), UnknownAdapter, /registered: none/)
     assert.deepEqual(await rt.adapters(), [])
   } finally {

@@ -9,6 +9,7 @@ import { type JobRequest, Scheduler, type SchedulerOptions } from "../actors/sch
 import { WeightCache } from "../actors/weight_cache.ts"
 import { type AdapterConfig, parseTrainConfig } from "../src/config/train_config.ts"
 import type { Example } from "../src/data/tokenize.ts"
+import { SLAB_FLOATS } from "../src/model/adapter_arena.ts"
 import { loadAdapter } from "../src/model/adapter_io.ts"
 import { ensureDefaultModel } from "../src/model/default_model.ts"
 import { readLlamaConfig } from "../src/model/hf_config.ts"
@@ -192,7 +193,7 @@ Deno.test("scheduler: 32 adapters submitted at once all finish with at most `can
   const tmp = await Deno.makeTempDir({ prefix: "mixlora-load-" })
   try {
     const cfgs = await adapters(tmp, Array.from({ length: 32 }, (_, i) => KINDS[i % 2]))
-    let peakAdapters = 0
+    let peakAdapters = 0, peakReserved = 0
     const results = await run(
       { dir: `${tmp}/out`, candidates: 4, simultaneous: 4, strategy: "optim" },
       Effect.gen(function* () {
@@ -202,7 +203,9 @@ Deno.test("scheduler: 32 adapters submitted at once all finish with at most `can
           submitAll(cfgs.map((adapter, i) => ({ adapter, examples: examples(4, [6, 12], 300 + i) }))),
         )
         while (fiber.pollUnsafe() === undefined) {
-          peakAdapters = Math.max(peakAdapters, (yield* dev.memory).bytes.adapters)
+          const mem = yield* dev.memory
+          peakAdapters = Math.max(peakAdapters, mem.adapterBytesInUse)
+          peakReserved = Math.max(peakReserved, mem.bytes.adapters)
           const m = yield* s.metrics
           assert.ok(m.running <= 4, `running ${m.running}`)
           yield* Effect.sleep("10 millis")
@@ -215,6 +218,8 @@ Deno.test("scheduler: 32 adapters submitted at once all finish with at most `can
     // the largest adapter here is a MixLoRA (~3 experts): bound the device bytes by 4 of them
     const oneMoe = 4 * modelConfig.numLayers * 4 * (3 * 4 * (2 * 128 + 2 * 352) + 3 * 128 + 2 * 4 * 256)
     assert.ok(peakAdapters <= 4 * oneMoe, `peak adapter bytes ${peakAdapters} > ${4 * oneMoe}`)
+    // and they all fit in one slab of the arena (parameters + gradients): freed blocks are reused
+    assert.ok(peakReserved <= 2 * SLAB_FLOATS * 4, `peak reserved adapter bytes ${peakReserved}`)
   } finally {
     await Deno.remove(tmp, { recursive: true })
   }

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict"
 import { GpuContext } from "../src/gpu/context.ts"
 import type { AdapterSpec, AdapterWeights } from "../src/model/adapter.ts"
-import { downloadGrads, releaseAdapter, uploadAdapter } from "../src/model/adapter_device.ts"
+import { adapterRegion, downloadGrads, releaseAdapter, uploadAdapter } from "../src/model/adapter_device.ts"
 import { initAdapter } from "../src/model/adapter_init.ts"
 import { type AdapterRows, LoraSaved, MoeState } from "../src/model/adapter_layers.ts"
 import { uploadHostBase } from "../src/model/base_weights.ts"
@@ -245,7 +245,7 @@ Deno.test("one SGD step from a loaded adapter ends at w − lr·grad with the re
     model.encodeForward(step, bufs, batch, rows, saved, moe)
     encodeBackward(step, model, bufs, batch, rows, saved, moe)
     const lr = 0.25
-    opt.encode(step, { params: dev.params, grads: dev.grads }, lr)
+    opt.encode(step, adapterRegion(dev), lr)
     step.submit()
     const after = await downloadAdapter(ctx, dev)
     const expect = (p: Float32Array, g: Float32Array) => p.map((v, i) => v - lr * g[i])

@@ -1,7 +1,7 @@
 /**
- * Adapter weights on the device: one flat f32 parameter buffer per adapter and one gradient buffer of the same
- * layout (memory category "adapters"), so that an optimizer updates every parameter of an adapter in one
- * fused kernel over [0, total).
+ * Adapter weights on the device: one flat f32 parameter block per adapter and a gradient block of the same
+ * layout, both in the adapter arena's shared slabs (memory category "adapters"), so that an optimizer updates
+ * every parameter of an adapter in one fused kernel over its block, and one kernel can reach every adapter.
  *
  * Layout (`paramLayout`): layer after layer, each layer's block starting on a 64-float (256-byte) boundary so
  * that kernels can bind one layer's range (minStorageBufferOffsetAlignment). Inside a layer:
@@ -25,6 +25,7 @@ import {
   type LoraPair,
   projectionShape,
 } from "./adapter.ts"
+import { type ArenaBlock, arenaOf } from "./adapter_arena.ts"
 import type { AdapterModelDims } from "./adapter_init.ts"
 import { type Projection, PROJECTIONS } from "./types.ts"
 
@@ -190,58 +191,71 @@ export function unpackAdapter(spec: AdapterSpec, layout: ParamLayout, flat: Floa
   return { spec, layers }
 }
 
-/** An adapter's parameters and gradients on the device. */
+/**
+ * An adapter's parameters and gradients on the device: the block [base, base + layout.total) of a slab of the
+ * adapter arena (src/model/adapter_arena.ts), the same block in the slab's parameter and gradient buffers.
+ */
 export interface DeviceAdapter {
   readonly spec: AdapterSpec
   readonly layout: ParamLayout
-  /** (total) f32 parameters */
+  /** the slab's f32 parameter buffer (shared with other adapters) */
   readonly params: GPUBuffer
-  /** (total) f32 gradients, same layout, zero after upload */
+  /** the slab's f32 gradient buffer, same layout; this adapter's block is zero after upload */
   readonly grads: GPUBuffer
+  /** first element of this adapter's block in both buffers (a multiple of 64) */
+  readonly base: number
+  readonly block: ArenaBlock
 }
 
-/** Uploads `w` into a new parameter buffer and a zeroed gradient buffer (category "adapters"). */
+/** A byte range of a buffer. */
+export interface BufferRange {
+  readonly buffer: GPUBuffer
+  readonly offset: number
+  readonly size: number
+}
+
+/** Uploads `w` into a block of the context's adapter arena, gradients zeroed (category "adapters"). */
 export function uploadAdapter(ctx: GpuContext, w: AdapterWeights, config: AdapterModelDims): DeviceAdapter {
   const layout = paramLayout(w.spec, config)
-  const bytes = layout.total * 4
-  if (bytes > ctx.limits.maxBufferSize) {
-    throw new GpuValidationError({
-      label: `adapter ${w.spec.name}`,
-      reason: `${bytes} bytes over maxBufferSize ${ctx.limits.maxBufferSize}`,
-    })
-  }
-  const params = ctx.upload(`adapter ${w.spec.name} params`, packAdapter(w, layout), "adapters")
-  const grads = ctx.upload(`adapter ${w.spec.name} grads`, new Float32Array(layout.total), "adapters")
-  return { spec: w.spec, layout, params, grads }
+  const flat = packAdapter(w, layout)
+  const block = arenaOf(ctx).alloc(w.spec.name, layout.total)
+  const { slab, offset: base } = block
+  ctx.write(slab.params, flat, base * 4)
+  ctx.write(slab.grads, new Float32Array(layout.total), base * 4)
+  return { spec: w.spec, layout, params: slab.params, grads: slab.grads, base, block }
+}
+
+/** The adapter's block of its parameter and gradient buffers as bindings (e.g. for the optimizer). */
+export function adapterRegion(dev: DeviceAdapter): { params: BufferRange; grads: BufferRange } {
+  const range = (buffer: GPUBuffer) => ({ buffer, offset: dev.base * 4, size: dev.layout.total * 4 })
+  return { params: range(dev.params), grads: range(dev.grads) }
 }
 
 /** Overwrites the device parameters with `w` (e.g. after loading a checkpoint). */
 export function writeAdapter(ctx: GpuContext, dev: DeviceAdapter, w: AdapterWeights): void {
-  ctx.write(dev.params, packAdapter(w, dev.layout))
+  ctx.write(dev.params, packAdapter(w, dev.layout), dev.base * 4)
 }
 
 /** Reads the parameters back (one round trip). */
 export async function downloadAdapter(ctx: GpuContext, dev: DeviceAdapter): Promise<AdapterWeights> {
-  const [b] = await ctx.read([{ buffer: dev.params, offset: 0, size: dev.layout.total * 4 }])
+  const [b] = await ctx.read([{ buffer: dev.params, offset: dev.base * 4, size: dev.layout.total * 4 }])
   return unpackAdapter(dev.spec, dev.layout, new Float32Array(b))
 }
 
 /** Reads the gradients back in the shape of the weights (one round trip). */
 export async function downloadGrads(ctx: GpuContext, dev: DeviceAdapter): Promise<AdapterWeights> {
-  const [b] = await ctx.read([{ buffer: dev.grads, offset: 0, size: dev.layout.total * 4 }])
+  const [b] = await ctx.read([{ buffer: dev.grads, offset: dev.base * 4, size: dev.layout.total * 4 }])
   return unpackAdapter(dev.spec, dev.layout, new Float32Array(b))
 }
 
 /** Records gradients = 0 in `step` (start of an optimizer step; the kernels accumulate). */
 export function zeroGrads(step: Step, dev: DeviceAdapter): void {
-  step.endPass().clearBuffer(dev.grads, 0, dev.layout.total * 4)
+  step.endPass().clearBuffer(dev.grads, dev.base * 4, dev.layout.total * 4)
 }
 
-/** Frees both buffers. */
+/** Returns the adapter's block to the arena (the slab is freed with its last adapter). */
 export function releaseAdapter(ctx: GpuContext, dev: DeviceAdapter): void {
-  ctx.release(dev.params)
-  ctx.release(dev.grads)
-  ctx.forgetBindGroups()
+  arenaOf(ctx).release(dev.block)
 }
 
 /** Parameter and gradient refs of layer l's LoRA on projection p (for src/kernels/lora.ts). */
@@ -253,10 +267,10 @@ export function loraRefs(
   const o = dev.layout.layers[l]?.lora[p]
   if (!o) return null
   return {
-    a: { buffer: dev.params, offset: o.a },
-    b: { buffer: dev.params, offset: o.b },
-    da: { buffer: dev.grads, offset: o.a },
-    db: { buffer: dev.grads, offset: o.b },
+    a: { buffer: dev.params, offset: dev.base + o.a },
+    b: { buffer: dev.params, offset: dev.base + o.b },
+    da: { buffer: dev.grads, offset: dev.base + o.a },
+    db: { buffer: dev.grads, offset: dev.base + o.b },
   }
 }
 
@@ -266,5 +280,9 @@ export function mixloraRefs(dev: DeviceAdapter, l: number): MixloraParamRefs {
   if (ll?.router === undefined) {
     throw new GpuValidationError({ label: `adapter ${dev.spec.name}`, reason: `layer ${l} has no MixLoRA router` })
   }
-  return { params: dev.params, grads: dev.grads, router: ll.router, experts: ll.experts ?? {} }
+  const experts: Partial<Record<FfnProjection, { a: number; b: number }>> = {}
+  for (const [p, o] of Object.entries(ll.experts ?? {})) {
+    experts[p as FfnProjection] = { a: dev.base + o!.a, b: dev.base + o!.b }
+  }
+  return { params: dev.params, grads: dev.grads, router: dev.base + ll.router, experts }
 }

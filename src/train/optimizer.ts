@@ -60,20 +60,24 @@ function paramWords(count: number, s: { adamw?: AdamwScalars; sgd?: SgdScalars }
 }
 
 /** Checks count and that every buffer holds ⌈count/4⌉ whole vec4 (the kernel reads quads). */
-function checkBuffers(label: string, count: number, buffers: Record<string, GPUBuffer>): number {
+/** A whole buffer or a 256-byte aligned range of one (an adapter's block of an arena slab). */
+export type OptimizerBuffer = GPUBuffer | { readonly buffer: GPUBuffer; readonly offset: number; readonly size: number }
+
+function checkBuffers(label: string, count: number, buffers: Record<string, OptimizerBuffer>): number {
   const guard = guardFor(label)
   guard(Number.isInteger(count) && count >= 1 && count <= 2 ** 32 - 4, `count=${count} must be in [1, 2^32 − 4]`)
   const quads = Math.ceil(count / 4)
   const seen = new Set<GPUBuffer>()
-  for (const [name, buf] of Object.entries(buffers)) {
+  for (const [name, b] of Object.entries(buffers)) {
+    const buf = b instanceof GPUBuffer ? b : b.buffer
     guard(!seen.has(buf), `${name} is the same buffer as another binding`)
     seen.add(buf)
-    guard(buf.size >= quads * 16, `${name} holds ${buf.size} bytes, needs ⌈count/4⌉·16 = ${quads * 16}`)
+    guard(b.size >= quads * 16, `${name} holds ${b.size} bytes, needs ⌈count/4⌉·16 = ${quads * 16}`)
   }
   return quads
 }
 
-function dispatch(step: Step, entryPoint: string, bindings: GPUBuffer[], quads: number): void {
+function dispatch(step: Step, entryPoint: string, bindings: OptimizerBuffer[], quads: number): void {
   const ctx = step.ctx
   const groups = Math.ceil(quads / WG)
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
@@ -86,7 +90,7 @@ function dispatch(step: Step, entryPoint: string, bindings: GPUBuffer[], quads: 
  */
 export function adamwUpdate(
   step: Step,
-  buffers: { scalars: GPUBuffer; params: GPUBuffer; grads: GPUBuffer; m: GPUBuffer; v: GPUBuffer },
+  buffers: { scalars: GPUBuffer; params: OptimizerBuffer; grads: OptimizerBuffer; m: GPUBuffer; v: GPUBuffer },
   dims: { count: number },
 ): void {
   const { scalars, ...data } = buffers
@@ -101,7 +105,7 @@ export function adamwUpdate(
  */
 export function sgdUpdate(
   step: Step,
-  buffers: { scalars: GPUBuffer; params: GPUBuffer; grads: GPUBuffer; momentum?: GPUBuffer },
+  buffers: { scalars: GPUBuffer; params: OptimizerBuffer; grads: OptimizerBuffer; momentum?: GPUBuffer },
   dims: { count: number },
 ): void {
   const { scalars, momentum, ...data } = buffers
@@ -182,7 +186,7 @@ export class AdapterOptimizer {
    * the counter. The scalars are written to the queue now, so an adapter may be updated at most once per
    * submitted command buffer.
    */
-  encode(step: Step, buffers: { params: GPUBuffer; grads: GPUBuffer }, lr: number): void {
+  encode(step: Step, buffers: { params: OptimizerBuffer; grads: OptimizerBuffer }, lr: number): void {
     const guard = guardFor(`optimizer ${this.label}`)
     guard(!this.#released, "optimizer was released")
     guard(Number.isFinite(lr) && lr >= 0, `learning rate ${lr} must be finite and ≥ 0`)

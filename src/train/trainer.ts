@@ -15,6 +15,7 @@ import type { Step } from "../gpu/context.ts"
 import type { LlamaModel } from "../model/llama.ts"
 import { encodeBackward } from "../model/llama_backward.ts"
 import type { TrainJob, TrainJobBase } from "./job.ts"
+import { adapterRegion } from "../model/adapter_device.ts"
 
 export interface TrainerOptions {
   /** checkpoint every this many optimizer steps of an adapter (0: never) */
@@ -155,7 +156,7 @@ export class Trainer {
     for (const p of parts) {
       const job = p.job
       if (job.advance(p.examples.reduce((n, e) => n + e.ids.length, 0), { endOfEpoch: p.end })) {
-        job.opt.encode(step, { params: job.dev.params, grads: job.dev.grads }, job.lr())
+        job.opt.encode(step, adapterRegion(job.dev), job.lr())
         stepped.push(job)
       }
     }
