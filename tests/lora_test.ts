@@ -10,7 +10,13 @@
  */
 import assert from "node:assert/strict"
 import { GpuContext } from "../src/gpu/context.ts"
-import { loraBackward, loraForward } from "../src/kernels/lora.ts"
+import {
+  LORA_MAX_SEGMENTS,
+  loraBackward,
+  loraForward,
+  loraSegmentsBackward,
+  loraSegmentsForward,
+} from "../src/kernels/lora.ts"
 import {
   dropoutMask,
   jitterNoise,
@@ -167,6 +173,104 @@ Deno.test("LoRA kernels vs reference: odd shapes, row range, dropout on/off, acc
       }
     }
   } finally {
+    for (const b of made) ctx.release(b)
+    ctx.forgetBindGroups()
+  }
+})
+
+Deno.test("LoRA segmented calls: adapters packed in one dispatch per kernel equal each run alone, bit for bit", async () => {
+  const made: GPUBuffer[] = []
+  const up = (data: ArrayLike<number>) => {
+    const b = ctx.upload("t", Float32Array.from(data), "activations")
+    made.push(b)
+    return b
+  }
+  const zeros = (n: number) => {
+    const b = ctx.buffer({ label: "z", size: Math.max(1, n) * 4, usage: USAGE, category: "activations" })
+    made.push(b)
+    return b
+  }
+  // count dispatches per kernel family while the packed call is recorded
+  const proto = Object.getPrototypeOf(ctx.begin()) as { dispatch: (...a: unknown[]) => void }
+  const original = proto.dispatch
+  let dispatches = 0
+  proto.dispatch = function (this: unknown, ...a: unknown[]) {
+    dispatches++
+    return original.apply(this, a)
+  }
+  try {
+    // odd sizes (vec1 kernels) and 4-aligned ones (vec4), R = 3 / 8; 20 segments → two dispatches per kernel
+    for (const [inDim, outDim, R, S] of [[45, 37, 3, 3], [48, 36, 8, 3], [45, 37, 3, 20]]) {
+      const seg = Array.from(
+        { length: S },
+        (_, s) => ({ N: 3 + ((s * 5) % 11), p: s % 3 === 1 ? 0 : 0.1 * (1 + s % 3) }),
+      )
+      const row0s = seg.map((_, s) => 2 + seg.slice(0, s).reduce((n, q) => n + q.N + 1, 0))
+      const rows = row0s[S - 1] + seg[S - 1].N + 2
+      const size = R * inDim + outDim * R
+      // each adapter's A, B at its own offset of one shared buffer (like the arena's slab), aligned as the arena does
+      const offs = seg.map((_, s) => s * Math.ceil((size + 5) / 64) * 64)
+      const flat = Float32Array.from(normal(30 + R, offs[S - 1] + size + 64, 0.2))
+      const g0 = Float32Array.from(normal(31, flat.length))
+      const x = Float32Array.from(normal(32, rows * inDim)), dy = Float32Array.from(normal(33, rows * outDim))
+      const y0 = Float32Array.from(normal(34, rows * outDim)), dx0 = Float32Array.from(normal(35, rows * inDim))
+      const segments = (params: GPUBuffer, grads: GPUBuffer, which: number[]) =>
+        which.map((s) => ({
+          row0: row0s[s],
+          N: seg[s].N,
+          a: { buffer: params, offset: offs[s] },
+          b: { buffer: params, offset: offs[s] + R * inDim },
+          da: { buffer: grads, offset: offs[s] },
+          db: { buffer: grads, offset: offs[s] + R * inDim },
+          scale: 2 + s,
+          dropout: { p: seg[s].p, seed: 77 + s, stream: 9 },
+        }))
+      const dims = { inDim, outDim, R }
+      const run = async (groups: number[][]) => {
+        const params = up(flat), grads = up(g0)
+        const [xb, yb, dyb, dxb] = [up(x), up(y0), up(dy), up(dx0)]
+        const step = ctx.begin()
+        const ts: GPUBuffer[] = []
+        for (const which of groups) {
+          const n = which.reduce((k, s) => k + seg[s].N, 0)
+          const t = zeros(n * R), dt = zeros(n * R)
+          const segs = segments(params, grads, which)
+          loraSegmentsForward(step, { y: yb, x: xb, t }, segs, dims)
+          loraSegmentsBackward(step, { dy: dyb, x: xb, dx: dxb, t, dt }, segs, dims)
+          ts.push(t)
+        }
+        const out = await ctx.read([yb, dxb, grads, ...ts], step)
+        return out.map((u) => new Float32Array(u))
+      }
+      const all = Array.from({ length: S }, (_, s) => s)
+      dispatches = 0
+      const packed = await run([all])
+      assert.equal(dispatches, 3 * Math.ceil(S / LORA_MAX_SEGMENTS), `S=${S}: forward + 2 backward per 16 segments`)
+      const alone = await run(all.map((s) => [s]))
+      const what = `IN=${inDim} OUT=${outDim} R=${R} S=${S}`
+      assert.deepEqual(packed[0], alone[0], `${what}: y`)
+      assert.deepEqual(packed[1], alone[1], `${what}: dx`)
+      assert.deepEqual(packed[2], alone[2], `${what}: dA, dB`)
+      // t rows of segment s follow those of the segments before it
+      let t0 = 0
+      for (const s of all) {
+        const n = seg[s].N * R
+        assert.deepEqual(packed[3].subarray(t0, t0 + n), alone[3 + s].subarray(0, n), `${what}: t of segment ${s}`)
+        t0 += n
+      }
+      // and alone = the reference (the first segment; the single-adapter test above covers the rest)
+      const s = 0, { N } = seg[s]
+      const xs = x.subarray(row0s[s] * inDim, (row0s[s] + N) * inDim)
+      const mask = dropoutMask({ p: seg[s].p, seed: 77, stream: 9, row0: row0s[s], N, cols: inDim })
+      const a = flat.subarray(offs[s], offs[s] + R * inDim), b = flat.subarray(offs[s] + R * inDim, offs[s] + size)
+      const ref = refForward(xs, a, b, mask, { N, inDim, outDim, R, scale: 2 })
+      const got = packed[0].subarray(row0s[s] * outDim, (row0s[s] + N) * outDim).map((v, k) =>
+        v - y0[row0s[s] * outDim + k]
+      )
+      assert.ok(relErr(got, ref.dy) <= 1e-4, `${what}: y vs reference ${relErr(got, ref.dy)}`)
+    }
+  } finally {
+    proto.dispatch = original
     for (const b of made) ctx.release(b)
     ctx.forgetBindGroups()
   }

@@ -90,12 +90,19 @@ export class Gen {
 }
 
 /**
- * `let u_X = dims.X + z;` for each u32 field X, with z = 0 computed from num_workgroups, which lavapipe cannot
+ * `let u_X = dims.X + z;` for each u32 field X (of `from`, default the uniform `dims`), with z = 0 computed from num_workgroups, which lavapipe cannot
  * fold: conditions on u_X are then not "inlinable uniforms" (see the module doc). Needs `nwg` in scope.
  */
-export function opaqueDims(g: Gen, fields: readonly string[]): void {
-  g.p(`  let z = select(0u, 1u, nwg.x == 0u); // 0, opaque to lavapipe's uniform inlining`)
-  g.p(`  ` + fields.map((f) => `let u_${f} = dims.${f} + z;`).join(" "))
+export function opaqueDims(
+  g: Gen,
+  fields: readonly string[],
+  from = "dims",
+  opts: { declareZero?: boolean } = {},
+): void {
+  if (opts.declareZero ?? true) {
+    g.p(`  let z = select(0u, 1u, nwg.x == 0u); // 0, opaque to lavapipe's uniform inlining`)
+  }
+  g.p(`  ` + fields.map((f) => `let u_${f} = ${from}.${f} + z;`).join(" "))
 }
 
 /**
