@@ -11,14 +11,27 @@
 // mix Σ_j w_j h_j, and only the rank-R terms run per (token, routed expert). Backward mirrors it: dmix = W2ᵀ dy
 // once, dh_j = w_j dmix + w_j m2 ⊙ A2ᵀ(s B2ᵀ dy), and dx = W1ᵀ Σ_j dg_j + W3ᵀ Σ_j du_j + rank-R terms + router.
 //
+// Segments (SGMV-style, like Punica's segmented gather matmul): one dispatch serves up to MOE_MAX_SEG MixLoRA
+// adapters of a packed batch that share a kernel variant (E, S, R, targets, vector width, activation) and whose
+// parameters live in one buffer (a slab of the adapter arena, src/model/adapter_arena.ts). Binding 0 is the
+// segment table `segs`; each kernel starts with `dims = segs[seg]` (seg from wid.z = seg · Z + z', Z the kernel's
+// own z extent), so everything below reads the current segment's Dims. Grid x / y cover the largest segment;
+// invocations past their segment's own count return early. Values read from the table at a dynamic index are
+// not inlinable by lavapipe (see src/kernels/adapter_codegen.ts), so one pipeline variant serves every call.
+//
 // Buffer conventions: "batch-shaped" buffers (x, y, g0, u0, mix, dy, dx, dmix, dg0, du0) are indexed by the
-// token's row in the packed batch, gi = row0 + i; "adapter-local" buffers by i ∈ [0, N) (P, sel, w, expertOf,
-// list, t, dts, hs, dw, dlogits). Slot j of token i is pair p = i·S + j. Adapter parameters and gradients are
-// one flat f32 buffer each (src/model/adapter_device.ts), bound as a range; expert e's tensors sit at
+// token's row in the packed batch, gi = row0 + i (i ∈ [0, N) within the segment); "group-local" buffers
+// (P, sel, w, expertOf, list, t, dts, hs, dw, dlogits) hold every segment of the call back to back, segment
+// tokens at li = loc0 + i of Nt = Σ N: P, sel, dlogits (Nt, E); w, expert_of, dw (Nt, S) with pair index
+// p = li·S + j (slot j of token li); t, dts (3, Nt, S, R); hs (3, Nt, S, F); list rows e of the segment at
+// loc0·E + e·N (entries are pair indices p); counts at cnt0 + e; stats row stats_off; aux at aux_off.
+// Adapter parameters and gradients are flat f32 blocks (src/model/adapter_device.ts) of one buffer, bound as
+// one range for all segments; expert e's tensors sit at
 //   A1 = a1 + e·R·D   B1 = b1 + e·F·R   (gate_proj)     A3 = a3 + e·R·D   B3 = b3 + e·F·R   (up_proj)
 //   A2 = a2 + e·R·F   B2 = b2 + e·D·R   (down_proj)     G (router, E × D) = router
 // relative to the bound range. targets bit 0/1/2 = gate/up/down carry LoRA.
 
+// 36 words (144 bytes, a multiple of 16: the uniform array stride)
 struct Dims {
   N: u32, D: u32, F: u32, R: u32,
   E: u32, S: u32, T: u32, row0: u32,
@@ -26,10 +39,16 @@ struct Dims {
   stats_off: u32, jit: u32, jit_seed: u32, drop: u32,
   drop_seed: u32, thr: u32, targets: u32, router: u32,
   a1: u32, b1: u32, a3: u32, b3: u32,
-  a2: u32, b2: u32, aux: u32, pad0: u32,
-  top_p: f32, scale: f32, keep: f32, jit_lo: f32,
-  jit_span: f32,
+  a2: u32, b2: u32, aux: u32, loc0: u32,
+  Nt: u32, cnt0: u32, aux_off: u32, top_p: f32,
+  scale: f32, keep: f32, jit_lo: f32, jit_span: f32,
 }
+
+const MOE_MAX_SEG: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> segs: array<Dims, MOE_MAX_SEG>;
+// the current segment's Dims (set by each kernel's first statement)
+var<private> dims: Dims;
 
 override WG: u32 = 64u;
 

@@ -6,20 +6,19 @@
 //           (sel = DROPPED, slot 0 expert −1, weight 0; output 0, no gradient through its weight)
 //   stats[stats_off + 0] = real tokens, [.. + 1 + e] = C_e (selections incl. dropped), [.. + 1 + E + e] = Σ P_e
 // Σ P_e is a per-lane sum over the lane's tokens in order, then a fixed tree over lanes: bit-reproducible.
-// Bindings:
-//   0 dims       uniform  Dims (moe_common.wgsl)
-//   1 list       (E, N)   u32, read_write  =   first counts[e] entries of row e
-//   2 counts     (E)      u32, read_write  =
-//   3 sel        (N, E)   u32, read_write      DROPPED written for over-capacity tokens
-//   4 expert_of  (N, S)   i32, read_write      −1 written for over-capacity tokens
-//   5 w          (N, S)   f32, read_write      0 written for over-capacity tokens
-//   6 stats      (L, 2E + 1) f32, read_write  =   row dims.stats_off / (2E + 1)
-//   7 P          (N, E)   f32, read
+// Bindings (group-local buffers at token li = loc0 + i, see moe_common.wgsl):
+//   0 segs       uniform  array<Dims, MOE_MAX_SEG> (moe_common.wgsl)
+//   1 list       (Nt·E)   u32, read_write  =   segment rows e at loc0·E + e·N, first counts entries of each
+//   2 counts     (·, E)   u32, read_write  =   at cnt0 + e
+//   3 sel        (Nt, E)  u32, read_write      DROPPED written for over-capacity tokens
+//   4 expert_of  (Nt, S)  i32, read_write      −1 written for over-capacity tokens
+//   5 w          (Nt, S)  f32, read_write      0 written for over-capacity tokens
+//   6 stats      (·, 2E + 1) f32, read_write  =   row dims.stats_off / (2E + 1)
+//   7 P          (Nt, E)  f32, read
 //   8 lengths    (rows)   u32, read
-// Grid: E workgroups of WG lanes (WG a power of two).
+// Grid: (E, 1, segments) workgroups of WG lanes (WG a power of two).
 // Reference: src/reference/mixlora.ts mixloraRoute (capacity, stats)
 
-@group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> list: array<u32>;
 @group(0) @binding(2) var<storage, read_write> counts: array<u32>;
 @group(0) @binding(3) var<storage, read_write> sel: array<u32>;
@@ -34,26 +33,32 @@ var<workgroup> fsum: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  // sd: the segment read straight from the uniform table, so that the loop bounds around the barriers are
+  // provably workgroup-uniform (reads of the private copy `dims` are not, for WGSL's uniformity analysis)
+  let sd = segs[wid.z];
+  dims = sd;
   let e = wid.x;
   let l = lid.x;
-  let E = dims.E;
+  let E = sd.E;
+  let lb = sd.loc0 * E + e * sd.N;
   var offset = 0u;
   var selected = 0u;
   var psum = 0.0;
-  let seqs = dims.N / dims.T;
+  let seqs = sd.N / sd.T;
   for (var s = 0u; s < seqs; s++) {
     var seq_count = 0u;
-    for (var base = 0u; base < dims.T; base += WG) {
+    for (var base = 0u; base < sd.T; base += WG) {
       let t = base + l;
-      let i = s * dims.T + t;
+      let i = s * sd.T + t;
+      let li = sd.loc0 + i;
       var flag = 0u;
       var v = 0u;
-      if (t < dims.T) {
+      if (t < sd.T) {
         let gi = dims.row0 + i;
         if (is_real_token(gi, lengths[gi / dims.T])) {
-          psum += P[i * E + e];
+          psum += P[li * E + e];
         }
-        v = sel[i * E + e];
+        v = sel[li * E + e];
         flag = select(0u, 1u, v != 0u);
       }
       // inclusive Hillis–Steele scan of the flags
@@ -74,11 +79,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       if (flag == 1u) {
         let slot = v - 1u;
         if (seq_count + excl < dims.cap) {
-          list[e * dims.N + offset + excl] = i * dims.S + slot;
+          list[lb + offset + excl] = li * dims.S + slot;
         } else {
-          sel[i * E + e] = DROPPED;
-          expert_of[i * dims.S + slot] = -1;
-          w[i * dims.S + slot] = 0.0;
+          sel[li * E + e] = DROPPED;
+          expert_of[li * dims.S + slot] = -1;
+          w[li * dims.S + slot] = 0.0;
         }
       }
       var room = 0u;
@@ -99,7 +104,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     workgroupBarrier();
   }
   if (l == 0u) {
-    counts[e] = offset;
+    counts[dims.cnt0 + e] = offset;
     stats[dims.stats_off + 1u + e] = f32(selected);
     stats[dims.stats_off + 1u + E + e] = fsum[0];
     if (e == 0u) {

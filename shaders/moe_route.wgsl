@@ -6,19 +6,18 @@
 //     switch  (1)  1 pick, w = P (capacity is applied by moe_lists.wgsl)
 //     dynamic (2)  pick while the exclusive prefix sum of picked P ≤ top_p (always ≥ 1 pick), w = P
 //   pad tokens: no picks. Unused slots: expert −1, weight 0.
-// Bindings:
-//   0 dims       uniform  Dims (moe_common.wgsl)
-//   1 P          (N, E)   f32, read_write  =
-//   2 w          (N, S)   f32, read_write  =   slot weights
-//   3 expert_of  (N, S)   i32, read_write  =   slot experts (−1: none)
-//   4 sel        (N, E)   u32, read_write  =   j + 1 when e is in slot j, else 0
+// Bindings (group-local buffers at token li = loc0 + i, see moe_common.wgsl):
+//   0 segs       uniform  array<Dims, MOE_MAX_SEG> (moe_common.wgsl)
+//   1 P          (Nt, E)  f32, read_write  =
+//   2 w          (Nt, S)  f32, read_write  =   slot weights
+//   3 expert_of  (Nt, S)  i32, read_write  =   slot experts (−1: none)
+//   4 sel        (Nt, E)  u32, read_write  =   j + 1 when e is in slot j, else 0
 //   5 x          (·, D)   f32, read        batch-shaped
 //   6 p          parameters f32, read      G (E, D) at dims.router
 //   7 lengths    (rows)   u32, read        real tokens per batch row
-// Grid: 1-D over N tokens, folded into 2-D.
+// Grid: 1-D over the largest segment's N tokens, folded into x, y; z = segment.
 // Reference: src/reference/mixlora.ts mixloraRoute
 
-@group(0) @binding(0) var<uniform> dims: Dims;
 @group(0) @binding(1) var<storage, read_write> P: array<f32>;
 @group(0) @binding(2) var<storage, read_write> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> expert_of: array<i32>;
@@ -30,12 +29,14 @@
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid: vec3<u32>) {
+  dims = segs[wid.z];
   let i = flat_index(wid, nwg, lid);
   if (i >= dims.N) {
     return;
   }
   let E = dims.E;
   let gi = dims.row0 + i;
+  let li = dims.loc0 + i;
   var lg: array<f32, MAX_E>;
   for (var e = 0u; e < E; e++) {
     lg[e] = 0.0;
@@ -57,12 +58,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   for (var e = 0u; e < E; e++) {
     lg[e] = lg[e] / z;
-    P[i * E + e] = lg[e];
-    sel[i * E + e] = 0u;
+    P[li * E + e] = lg[e];
+    sel[li * E + e] = 0u;
   }
   for (var j = 0u; j < dims.S; j++) {
-    expert_of[i * dims.S + j] = -1;
-    w[i * dims.S + j] = 0.0;
+    expert_of[li * dims.S + j] = -1;
+    w[li * dims.S + j] = 0.0;
   }
   if (!is_real_token(gi, lengths[gi / dims.T])) {
     return;
@@ -89,15 +90,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
     }
     used |= 1u << best;
-    expert_of[i * dims.S + j] = i32(best);
-    sel[i * E + best] = j + 1u;
-    w[i * dims.S + j] = bp;
+    expert_of[li * dims.S + j] = i32(best);
+    sel[li * E + best] = j + 1u;
+    w[li * dims.S + j] = bp;
     cum += bp;
     n += 1u;
   }
   if (dims.routing == ROUTING_MIXLORA) {
     for (var j = 0u; j < n; j++) {
-      w[i * dims.S + j] = w[i * dims.S + j] / cum;
+      w[li * dims.S + j] = w[li * dims.S + j] / cum;
     }
   }
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict"
 import { Effect, Exit, Layer } from "effect"
 import { Device } from "../actors/device.ts"
 import { DeviceLost, ShaderCompileError } from "../src/errors.ts"
+import { GpuContext } from "../src/gpu/context.ts"
 
 const run = <A, E>(eff: Effect.Effect<A, E, Device>, choice: "auto" | "cpu" = "auto") =>
   Effect.runPromise(Effect.scoped(Effect.provide(eff, Layer.fresh(Device.layer(choice)))))
@@ -77,4 +78,40 @@ Deno.test("--device cpu runs jobs on the reference backend", async () => {
     "cpu",
   )
   assert.equal(kind, "cpu")
+})
+
+Deno.test("uniform and bind-group caches start over past their limit, only between steps; results stay right", async () => {
+  const ctx = await GpuContext.create()
+  try {
+    ctx.cacheLimit = 8
+    const ADD = `@group(0) @binding(0) var<uniform> u: vec4<u32>;
+@group(0) @binding(1) var<storage, read_write> x: array<u32>;
+@compute @workgroup_size(1) fn main() { x[0] = x[0] + u.x; }`
+    const pipeline = ctx.pipeline({ shader: "add_uniform", code: ADD })
+    const buf = ctx.upload("x", new Uint32Array([0]), "activations")
+    let want = 0
+    // 30 steps, 3 distinct uniforms each: the cache passes its limit mid-run and is dropped before a later step;
+    // a step recorded across many distinct uniforms keeps all of them (nothing is dropped while it is open)
+    for (let s = 0; s < 30; s++) {
+      const step = ctx.begin()
+      for (let k = 1; k <= 3; k++) {
+        step.dispatch(pipeline, [ctx.uniform([s * 3 + k, 0, 0, 0]), buf], [1])
+        want += s * 3 + k
+      }
+      if (s % 10 === 9) {
+        const [b] = await ctx.read([buf], step)
+        assert.equal(new Uint32Array(b)[0], want)
+      } else step.submit()
+    }
+    const big = ctx.begin()
+    for (let k = 0; k < 20; k++) {
+      big.dispatch(pipeline, [ctx.uniform([1000 + k, 0, 0, 0]), buf], [1])
+      want += 1000 + k
+    }
+    const [b] = await ctx.read([buf], big)
+    assert.equal(new Uint32Array(b)[0], want)
+    assert.ok(ctx.cacheTrims >= 5, `trims ${ctx.cacheTrims}`)
+  } finally {
+    ctx.destroy()
+  }
 })

@@ -56,6 +56,12 @@ export type Binding = GPUBuffer | GPUTextureView | {
 export class GpuContext {
   readonly pipelines = new Map<string, GPUComputePipeline>()
   private readonly uniforms = new Map<string, GPUBuffer>()
+  /** command buffers begun and not yet submitted */
+  private openSteps = 0
+  /** entries of the uniform and bind-group caches past which they are dropped between steps */
+  cacheLimit = 4096
+  /** how often the caches were dropped (tests) */
+  cacheTrims = 0
   private readonly bindGroups = new Map<string, GPUBindGroup>()
   private readonly ids = new WeakMap<object, number>()
   private nextId = 1
@@ -328,7 +334,23 @@ export class GpuContext {
   /** Starts a command buffer; kernels append dispatches to its single compute pass. */
   begin(label = "step"): Step {
     this.ensureAlive()
-    return new Step(this, this.device.createCommandEncoder({ label }))
+    if (this.openSteps === 0) this.trimCaches()
+    this.openSteps++
+    return new Step(this, this.device.createCommandEncoder({ label }), () => this.openSteps--)
+  }
+
+  /**
+   * Uniforms hold per-batch values (row ranges, segment tables), so over a long run their content cache would
+   * grow with every new batch composition. Past `cacheLimit` entries the uniform and bind-group caches start
+   * over; only between steps (no command buffer being recorded may reference them; submitted work keeps its
+   * buffers alive until it completes, WebGPU's destroy() rule).
+   */
+  private trimCaches(): void {
+    if (this.uniforms.size <= this.cacheLimit && this.bindGroups.size <= this.cacheLimit) return
+    for (const u of this.uniforms.values()) u.destroy()
+    this.uniforms.clear()
+    this.bindGroups.clear()
+    this.cacheTrims++
   }
 
   /** Submit-and-wait: one round trip. */
@@ -404,7 +426,7 @@ export class Step {
   private pass: GPUComputePassEncoder | null = null
   private submitted = false
 
-  constructor(readonly ctx: GpuContext, readonly encoder: GPUCommandEncoder) {}
+  constructor(readonly ctx: GpuContext, readonly encoder: GPUCommandEncoder, private readonly onSubmit = () => {}) {}
 
   /** Records `pipeline` over `groups` workgroups with `bindings` at @binding(0..n). */
   dispatch(
@@ -446,6 +468,7 @@ export class Step {
   submit(): void {
     if (this.submitted) return
     this.submitted = true
+    this.onSubmit()
     this.ctx.device.queue.submit([this.endPass().finish()])
   }
 }

@@ -1,6 +1,10 @@
 /**
- * Launchers for the MixLoRA FFN kernels, forward and backward, for one adapter's tokens [row0, row0 + N) of a
- * packed batch (whole sequences: row0 and N are multiples of T). The math and its stage names are those of
+ * Launchers for the MixLoRA FFN kernels, forward and backward, for the MixLoRA adapters of a packed batch, each
+ * on its tokens [row0, row0 + N) (whole sequences: row0 and N are multiples of T). SGMV-style segments: adapters
+ * that share a kernel variant (`mixloraKernelKey`) and a parameter buffer (a slab of the adapter arena) run each
+ * stage in ONE dispatch (per 16 adapters), each adapter a segment with its own router, experts, routing
+ * settings, masks and rows (shaders/moe_common.wgsl describes the segment table). A segment computes exactly what
+ * it computes alone (same code, same summation order), so packed results equal per-adapter results bit for bit. The math and its stage names are those of
  * src/reference/mixlora.ts (the oracle). Routing kernels are files (shaders/moe_route, moe_lists, moe_bwd_router,
  * moe_aux .wgsl); the expert kernels are generated register-tile code (src/kernels/moe_codegen.ts, where each
  * is described). The efficient form:
@@ -17,12 +21,14 @@
  *   expand_down      y += Σ w s B2 t2      (token-major)      bwd_dx       dx += A1ᵀdt1 m1 + A3ᵀdt3 m3 + n Gᵀdlogits
  *
  * The [base] steps are the frozen matmuls (src/kernels/matmul.ts), which a shared batch runs once over all rows;
- * `mixloraExpertsForward` / `mixloraDownForward` / `mixloraExpertsBackward` / `mixloraInputBackward` are the
- * adapter stages between them. `mixloraFfnForward` / `mixloraFfnBackward` compose everything, base included,
- * for buffers that hold exactly one adapter's tokens (row0 = 0).
+ * `mixloraSegmentsForward` / `mixloraSegmentsDown` / `mixloraSegmentsBackward` / `mixloraSegmentsInputBackward`
+ * are the adapter stages between them (`mixloraExpertsForward` … `mixloraInputBackward`: the same for one
+ * adapter). `mixloraFfnForward` / `mixloraFfnBackward` compose everything, base included, for buffers that hold
+ * exactly one adapter's tokens (row0 = 0).
  *
  * Buffers: batch-shaped (row row0 + i): x, y, g0, u0, mix, dy, dx, dmix, dg0, du0 (widths D or F).
- * Adapter-local: `MixloraSavedBuffers` (per layer, kept from forward to backward) and `MixloraScratch` (reused).
+ * Group-local (every segment of the call back to back, Σ N tokens): `MixloraSavedBuffers` (per layer, kept from
+ * forward to backward) and `MixloraScratch` (reused).
  * Everything is deterministic: no atomics; each output is written by one invocation with a fixed loop order.
  * Parameter gradients accumulate (+=).
  * @module
@@ -44,6 +50,7 @@ import {
   type MoeKernelSpec,
   moeListTile,
 } from "./moe_codegen.ts"
+import { SHORT } from "./moe_tile_codegen.ts"
 
 const WG = 64
 const PRELUDE = ["lora_common.wgsl", "activation.wgsl", "moe_common.wgsl"]
@@ -84,7 +91,10 @@ export interface MixloraDims {
   readonly moe: Pick<MoeSpec, "routing" | "numExperts" | "topK" | "topP" | "expertCapacity" | "actFn">
   /** loraScale(spec) */
   readonly scale: number
-  /** row of `stats` this layer writes (its index among the adapter's MoE layers) */
+  /**
+   * row of `stats` this layer writes (its index among the adapter's MoE layers; in a segmented call whose stats
+   * buffer holds several adapters, e.g. k·L + layer for the k-th)
+   */
   readonly layer: number
   /** router-input jitter while training (seed per step, layer, adapter) */
   readonly jitter?: { readonly j: number; readonly seed: number } | null
@@ -92,7 +102,10 @@ export interface MixloraDims {
   readonly dropout?: { readonly p: number; readonly seed: number } | null
 }
 
-/** Per-layer activations kept from forward to backward (adapter-local, category "activations"). */
+/**
+ * Per-layer activations kept from forward to backward (group-local: N = Σ N of the call's segments, and counts
+ * holds E entries per segment; category "activations").
+ */
 export interface MixloraSavedBuffers {
   /** (N, E) f32 */
   readonly P: GPUBuffer
@@ -102,9 +115,9 @@ export interface MixloraSavedBuffers {
   readonly expertOf: GPUBuffer
   /** (N, E) u32 selection codes */
   readonly sel: GPUBuffer
-  /** (E, N) u32 pair indices i·S + j per expert */
+  /** (E, N) u32 pair indices i·S + j per expert (per segment: (E, N_seg) from loc0·E) */
   readonly list: GPUBuffer
-  /** (E) u32 */
+  /** (segments, E) u32 */
   readonly counts: GPUBuffer
   /** (3, N, S, R) f32: t1, t3, t2 */
   readonly t: GPUBuffer
@@ -114,7 +127,7 @@ export interface MixloraSavedBuffers {
 }
 
 /**
- * Adapter-local scratch reused by every layer (and by forward and backward). The backward writes hs and dts rows
+ * Group-local scratch reused by every layer (and by forward and backward). The backward writes hs and dts rows
  * and dw entries of routed pairs only (empty slots are never read).
  */
 export interface MixloraScratch {
@@ -144,8 +157,15 @@ function storage(ctx: GpuContext, label: string, floats: number): GPUBuffer {
   })
 }
 
-/** Allocates one layer's saved buffers; `base` adds g0 and u0 (N, F) for the composed launchers. */
-export function createMixloraSaved(ctx: GpuContext, d: SizeDims, opts: { base?: boolean } = {}): MixloraSavedBuffers {
+/**
+ * Allocates one layer's saved buffers for N tokens of `segments` segments (default 1); `base` adds g0 and u0
+ * (N, F) for the composed launchers.
+ */
+export function createMixloraSaved(
+  ctx: GpuContext,
+  d: SizeDims,
+  opts: { base?: boolean; segments?: number } = {},
+): MixloraSavedBuffers {
   const E = d.moe.numExperts, S = moeSlots(d.moe), N = d.N
   return {
     P: storage(ctx, "moe P", N * E),
@@ -153,7 +173,7 @@ export function createMixloraSaved(ctx: GpuContext, d: SizeDims, opts: { base?: 
     expertOf: storage(ctx, "moe expertOf", N * S),
     sel: storage(ctx, "moe sel", N * E),
     list: storage(ctx, "moe list", E * N),
-    counts: storage(ctx, "moe counts", E),
+    counts: storage(ctx, "moe counts", (opts.segments ?? 1) * E),
     t: storage(ctx, "moe t", 3 * N * S * d.R),
     ...(opts.base ? { g0: storage(ctx, "moe g0", N * d.F), u0: storage(ctx, "moe u0", N * d.F) } : {}),
   }
@@ -180,28 +200,149 @@ export function releaseMoeBuffers(ctx: GpuContext, bufs: MixloraSavedBuffers | M
   ctx.forgetBindGroups()
 }
 
-// ---- validation, uniform, parameter binding -------------------------------------------------------
+// ---- segments: validation, segment table, parameter binding -----------------------------------------
 
-interface Prepared {
+/** Segments per dispatch (MOE_MAX_SEG of shaders/moe_common.wgsl); longer lists take several dispatches. */
+export const MOE_MAX_SEGMENTS = 16
+/** u32 words of one Dims entry of the segment table (struct Dims of shaders/moe_common.wgsl) */
+const DIMS_WORDS = 36
+
+/**
+ * One MixLoRA adapter of a segmented call: its parameter (and gradient) refs, its dims (rows [row0, row0 + N) of
+ * the batch, routing, scale, masks; `layer` is the row of the call's `stats` it writes) and, in the backward, the
+ * row of the call's aux buffer (1 + E floats per row, from `moeAuxLossSegments`) whose gradient it adds (absent
+ * or null: no aux term). Its tokens take rows loc0 .. loc0 + N − 1 of the call's group-local buffers (saved,
+ * scratch), loc0 = Σ N of the segments before it, and counts entries k·E .. k·E + E − 1 (k = its index).
+ */
+export interface MixloraSegment {
+  readonly params: MixloraParamRefs
+  readonly dims: MixloraDims
+  readonly auxRow?: number | null
+}
+
+/**
+ * What decides the kernel variant of a segment: segments of one call must agree on it (and on D, F, T, pad side,
+ * and share the parameter and gradient buffers). E, slots S, R, activation, targeted projections and the vector
+ * width (4 when D, F, R and every tensor offset are multiples of 4 floats, else 1).
+ */
+export function mixloraKernelKey(refs: MixloraParamRefs, d: Pick<MixloraDims, "D" | "F" | "R" | "moe">): string {
+  const targets = FFN_PROJECTIONS.filter((p) => refs.experts[p] !== undefined)
+  const offsets = [refs.router, ...targets.flatMap((p) => [refs.experts[p]!.a, refs.experts[p]!.b])]
+  const w = [d.D, d.F, d.R, ...offsets].every((v) => v % 4 === 0) ? 4 : 1
+  const act = activationOf(d.moe.actFn)
+  return `E${d.moe.numExperts} S${moeSlots(d.moe)} R${d.R} ${act} ${targets.map((t) => SHORT[t]).join("")} w${w}`
+}
+
+/** The segment tables of one call (≤ MOE_MAX_SEGMENTS segments each) and what its kernels share. */
+interface Call {
   readonly ctx: GpuContext
   readonly S: number
   readonly E: number
   readonly R: number
   readonly targets: ReadonlySet<FfnProjection>
-  /** 4 when D, F, R and every tensor offset are multiples of 4 floats (vec4 kernels), else 1 */
   readonly w: 1 | 4
-  readonly uniform: GPUBuffer
   readonly params: Binding
   readonly grads: Binding | null
   readonly constants: Readonly<Record<string, number>>
+  /** Σ N: rows of the group-local buffers */
+  readonly Nt: number
+  readonly segments: number
+  /** one per dispatch: the uniform segment table, its segment count and largest N */
+  readonly chunks: readonly { readonly uniform: GPUBuffer; readonly count: number; readonly maxN: number }[]
   readonly need: (name: string, buf: GPUBuffer, floats: number) => void
 }
 
-function prepare(step: Step, refs: MixloraParamRefs, d: MixloraDims, opts: { aux?: boolean } = {}): Prepared {
+function prepare(step: Step, segs: readonly MixloraSegment[], opts: { aux?: boolean } = {}): Call {
   const label = "mixlora"
   const guard = (ok: boolean, reason: string) => {
     if (!ok) throw new GpuValidationError({ label, reason })
   }
+  guard(segs.length >= 1, "no segments")
+  const d0 = segs[0].dims, r0 = segs[0].params
+  const key = mixloraKernelKey(r0, d0)
+  const byRow = [...segs].sort((a, b) => a.dims.row0 - b.dims.row0)
+  byRow.forEach((s, k) => {
+    const next = byRow[k + 1]
+    guard(!next || s.dims.row0 + s.dims.N <= next.dims.row0, `segments overlap at row ${next?.dims.row0}`)
+  })
+  for (const { dims } of segs) checkSegment(dims, guard)
+  for (const { dims: d, params: refs } of segs) {
+    for (const k of ["D", "F", "T", "padSide"] as const) guard(d[k] === d0[k], `segments differ in ${k}`)
+    guard(mixloraKernelKey(refs, d) === key, `segment kernel ${mixloraKernelKey(refs, d)} ≠ ${key}`)
+    guard(refs.params === r0.params && refs.grads === r0.grads, "segments must share parameter/gradient buffers")
+  }
+  const { D, F, R, T, moe } = d0
+  const E = moe.numExperts, S = moeSlots(moe)
+  const Nt = segs.reduce((n, s) => n + s.dims.N, 0)
+  guard(Nt * S * F * 3 < 2 ** 32 && Nt * E < 2 ** 32, "group-local sizes over u32 indexing")
+  const ctx = step.ctx
+  const targets = FFN_PROJECTIONS.filter((p) => r0.experts[p] !== undefined)
+  const inOut = (p: FfnProjection) => p === "down_proj" ? [F, D] : [D, F]
+  const ranges = segs.flatMap(({ params: refs }) => [
+    { offset: refs.router, length: E * D },
+    ...targets.flatMap((p) => {
+      const [i, o] = inOut(p)
+      return [{ offset: refs.experts[p]!.a, length: E * R * i }, { offset: refs.experts[p]!.b, length: E * o * R }]
+    }),
+  ])
+  const per = 1 + 2 * targets.length
+  const pb = spanBinding(ctx, `${label} params`, r0.params, ranges)
+  const gb = r0.grads ? spanBinding(ctx, `${label} grads`, r0.grads, ranges).binding : null
+  const targetBits = (targets.includes("gate_proj") ? 1 : 0) | (targets.includes("up_proj") ? 2 : 0) |
+    (targets.includes("down_proj") ? 4 : 0)
+  const words = (s: MixloraSegment, k: number, loc0: number): number[] => {
+    const d = s.dims, m = d.moe
+    const rel = pb.rel.slice(k * per, (k + 1) * per)
+    const at = (p: FfnProjection, ab: 0 | 1) => targets.includes(p) ? rel[1 + 2 * targets.indexOf(p) + ab] : 0
+    const drop = dropoutWords(d.dropout ? { ...d.dropout, stream: 0 } : null)
+    const jit = d.jitter && d.jitter.j > 0 ? jitterParams(d.jitter.j) : null
+    const aux = opts.aux && s.auxRow != null
+    // word order = struct Dims of shaders/moe_common.wgsl: 31 u32 fields, then 5 f32 ones (as bits)
+    const u = [
+      ...[d.N, D, F, R],
+      ...[E, S, T, d.row0],
+      ...[d.padSide === "left" ? 1 : 0, ROUTING[m.routing], m.routing === "mixlora" ? m.topK : 1],
+      m.routing === "switch" ? m.expertCapacity : 0xffffffff,
+      ...[d.layer * (2 * E + 1), jit ? 1 : 0, jit ? d.jitter!.seed >>> 0 : 0, drop.words[0]],
+      ...[drop.words[1], drop.words[3], targetBits, rel[0]],
+      ...[at("gate_proj", 0), at("gate_proj", 1), at("up_proj", 0), at("up_proj", 1)],
+      ...[at("down_proj", 0), at("down_proj", 1), aux ? 1 : 0, loc0],
+      ...[Nt, k * E, aux ? s.auxRow! * (1 + E) : 0],
+    ]
+    const f = new Float32Array([m.routing === "dynamic" ? m.topP : 0, d.scale, drop.keep, jit?.lo ?? 1, jit?.span ?? 0])
+    return [...u, ...new Uint32Array(f.buffer)]
+  }
+  const chunks = []
+  let loc0 = 0
+  for (let c0 = 0; c0 < segs.length; c0 += MOE_MAX_SEGMENTS) {
+    const part = segs.slice(c0, c0 + MOE_MAX_SEGMENTS)
+    const table = new Uint32Array(MOE_MAX_SEGMENTS * DIMS_WORDS)
+    part.forEach((s, j) => {
+      table.set(words(s, c0 + j, loc0), j * DIMS_WORDS)
+      loc0 += s.dims.N
+    })
+    chunks.push({ uniform: ctx.uniform(table), count: part.length, maxN: Math.max(...part.map((s) => s.dims.N)) })
+  }
+  const need = (name: string, buf: GPUBuffer, floats: number) =>
+    guard(buf.size >= floats * 4, `${name} holds ${buf.size} bytes, needs ${floats * 4}`)
+  return {
+    ctx,
+    S,
+    E,
+    R,
+    targets: new Set(targets),
+    w: key.endsWith("w4") ? 4 : 1,
+    params: pb.binding,
+    grads: gb,
+    constants: { WG, ACT: ACT[activationOf(moe.actFn)] },
+    Nt,
+    segments: segs.length,
+    chunks,
+    need,
+  }
+}
+
+function checkSegment(d: MixloraDims, guard: (ok: boolean, reason: string) => void): void {
   const { row0, N, T, D, F, R, moe } = d
   for (const [k, v] of Object.entries({ N, T, D, F, R, E: moe.numExperts })) {
     guard(Number.isInteger(v) && v >= 1, `${k}=${v} must be an integer ≥ 1`)
@@ -218,133 +359,103 @@ function prepare(step: Step, refs: MixloraParamRefs, d: MixloraDims, opts: { aux
   )
   guard(moe.routing !== "switch" || (Number.isInteger(moe.expertCapacity) && moe.expertCapacity >= 0), "capacity")
   guard(Number.isInteger(d.layer) && d.layer >= 0, `layer=${d.layer}`)
-  guard((row0 + N) * Math.max(D, F) < 2 ** 32 && N * moeSlots(moe) * F * 3 < 2 ** 32, "sizes over u32 indexing")
-  const S = moeSlots(moe)
-  const ctx = step.ctx
-  const targets = new Set(FFN_PROJECTIONS.filter((p) => refs.experts[p] !== undefined))
-  const inOut = (p: FfnProjection) => p === "down_proj" ? [F, D] : [D, F]
-  const ranges = [{ offset: refs.router, length: E * D }]
-  for (const p of targets) {
-    const [i, o] = inOut(p)
-    ranges.push({ offset: refs.experts[p]!.a, length: E * R * i }, { offset: refs.experts[p]!.b, length: E * o * R })
-  }
-  const pb = spanBinding(ctx, `${label} params`, refs.params, ranges)
-  const gb = refs.grads ? spanBinding(ctx, `${label} grads`, refs.grads, ranges).binding : null
-  const rel = (p: FfnProjection, k: "a" | "b") => {
-    const at = [...targets].indexOf(p)
-    return at < 0 ? 0 : pb.rel[1 + 2 * at + (k === "a" ? 0 : 1)]
-  }
-  const drop = dropoutWords(d.dropout ? { ...d.dropout, stream: 0 } : null)
-  const jit = d.jitter && d.jitter.j > 0 ? jitterParams(d.jitter.j) : null
-  const targetBits = (targets.has("gate_proj") ? 1 : 0) | (targets.has("up_proj") ? 2 : 0) |
-    (targets.has("down_proj") ? 4 : 0)
-  const cap = moe.routing === "switch" ? moe.expertCapacity : 0xffffffff
-  // word order = struct Dims of shaders/moe_common.wgsl (u32 fields, then the f32 ones)
-  const uniform = ctx.uniform([
-    N,
-    D,
-    F,
-    R,
-    E,
-    S,
-    T,
-    row0,
-    d.padSide === "left" ? 1 : 0,
-    ROUTING[moe.routing],
-    moe.routing === "mixlora" ? moe.topK : 1,
-    cap,
-    d.layer * (2 * E + 1),
-    jit ? 1 : 0,
-    jit ? d.jitter!.seed >>> 0 : 0,
-    drop.words[0],
-    drop.words[1],
-    drop.words[3],
-    targetBits,
-    pb.rel[0],
-    rel("gate_proj", "a"),
-    rel("gate_proj", "b"),
-    rel("up_proj", "a"),
-    rel("up_proj", "b"),
-    rel("down_proj", "a"),
-    rel("down_proj", "b"),
-    opts.aux ? 1 : 0,
-    0,
-  ], [moe.routing === "dynamic" ? moe.topP : 0, d.scale, drop.keep, jit?.lo ?? 1, jit?.span ?? 0])
-  const need = (name: string, buf: GPUBuffer, floats: number) =>
-    guard(buf.size >= floats * 4, `${name} holds ${buf.size} bytes, needs ${floats * 4}`)
-  const aligned = [D, F, R, ...pb.rel].every((v) => v % 4 === 0)
-  return {
-    ctx,
-    S,
-    E,
-    R,
-    targets,
-    w: aligned ? 4 : 1,
-    uniform,
-    params: pb.binding,
-    grads: gb,
-    constants: { WG, ACT: ACT[activationOf(moe.actFn)] },
-    need,
-  }
+  guard((row0 + N) * Math.max(D, F) < 2 ** 32, "sizes over u32 indexing")
 }
 
-function run(step: Step, p: Prepared, file: string, bindings: readonly Binding[], groups: [number, number]): void {
-  step.dispatch(preludedPipeline(p.ctx, PRELUDE, file, p.constants), [p.uniform, ...bindings], groups)
+/** Rows of every segment fit in the batch-shaped `bufs` of `width` columns (`perSequence`: one value per T rows). */
+function needRows(
+  c: Call,
+  segs: readonly MixloraSegment[],
+  bufs: Record<string, GPUBuffer>,
+  width: number,
+  opts: { perSequence?: boolean } = {},
+): void {
+  const rows = Math.max(...segs.map((s) => s.dims.row0 + s.dims.N))
+  for (const [k, b] of Object.entries(bufs)) c.need(k, b, opts.perSequence ? rows / segs[0].dims.T : rows * width)
+}
+
+function checkSaved(c: Call, s: MixloraSavedBuffers): void {
+  const { S, E, R, Nt } = c
+  c.need("P", s.P, Nt * E)
+  c.need("w", s.w, Nt * S)
+  c.need("expertOf", s.expertOf, Nt * S)
+  c.need("sel", s.sel, Nt * E)
+  c.need("list", s.list, E * Nt)
+  c.need("counts", s.counts, c.segments * E)
+  c.need("t", s.t, 3 * Nt * S * R)
+}
+
+/** One dispatch per chunk of a file kernel; `grid(maxN)` gives x, y; z = segment. */
+function run(
+  step: Step,
+  c: Call,
+  file: string,
+  bindings: readonly Binding[],
+  grid: (maxN: number) => [number, number],
+): void {
+  const pipeline = preludedPipeline(c.ctx, PRELUDE, file, c.constants)
+  for (const ch of c.chunks) step.dispatch(pipeline, [ch.uniform, ...bindings], [...grid(ch.maxN), ch.count])
 }
 
 const generated = new WeakMap<GpuContext, Map<string, { pipeline: GPUComputePipeline; gen: MoeKernelCode }>>()
 
 /**
- * One dispatch of a generated kernel (src/kernels/moe_codegen.ts) over `invocations` (folded into x, y) times
- * `z` (the expert of the list kernels), or over the workgroups of its segments (bwd_grads). `buffers` maps
- * binding names to resources.
+ * One dispatch per chunk of a generated kernel (src/kernels/moe_codegen.ts) over `invocations(maxN)` (folded into
+ * x, y) times `z` (per segment: E + 1 / E for the list kernels), or over the workgroups of its segments
+ * (bwd_grads). `buffers` maps binding names to resources.
  */
 function runGenerated(
   step: Step,
-  p: Prepared,
+  c: Call,
   kernel: MoeKernel,
   buffers: Readonly<Record<string, Binding>>,
-  size: { invocations: number; z?: number } | { dims: { N: number; D: number; F: number } },
+  size: { invocations: (maxN: number) => number; z?: number } | { dims: { D: number; F: number } },
 ): void {
   const spec: MoeKernelSpec = {
     kernel,
-    R: p.R,
-    E: p.E,
-    w: p.w,
-    targets: FFN_PROJECTIONS.filter((t) => p.targets.has(t)),
+    R: c.R,
+    E: c.E,
+    w: c.w,
+    targets: FFN_PROJECTIONS.filter((t) => c.targets.has(t)),
   }
   const name = moeKernelName(spec)
-  let cache = generated.get(p.ctx)
-  if (!cache) generated.set(p.ctx, cache = new Map())
-  const constants = { ...p.constants, WG: GEN_WG[kernel] }
-  const key = `${name}|${p.constants.ACT}`
+  let cache = generated.get(c.ctx)
+  if (!cache) generated.set(c.ctx, cache = new Map())
+  const constants = { ...c.constants, WG: GEN_WG[kernel] }
+  const key = `${name}|${c.constants.ACT}`
   let hit = cache.get(key)
   if (!hit) {
     const gen = generateMoeKernel(spec)
-    const pipeline = p.ctx.pipeline({ shader: name, preludes: PRELUDE, code: gen.code, constants })
+    const pipeline = c.ctx.pipeline({ shader: name, preludes: PRELUDE, code: gen.code, constants })
     cache.set(key, hit = { pipeline, gen })
   }
-  const all: Record<string, Binding> = { ...buffers, p: p.params, ...(p.grads ? { g: p.grads } : {}) }
+  const all: Record<string, Binding> = { ...buffers, p: c.params, ...(c.grads ? { g: c.grads } : {}) }
   const bindings = hit.gen.bindings.map((n) => {
     const b = all[n]
     if (!b) throw new GpuValidationError({ label: name, reason: `no buffer for binding ${n}` })
     return b
   })
   const wg = GEN_WG[kernel]
-  const groups: [number, number, number] = "invocations" in size
-    ? [...grid1d(p.ctx, size.invocations, wg), size.z ?? 1]
-    : [...grid1d(p.ctx, gradSegments(spec).reduce((a, s) => a + s.count({ ...size.dims, WG: wg }), 0), 1), 1]
-  step.dispatch(hit.pipeline, [p.uniform, ...bindings], groups)
+  for (const ch of c.chunks) {
+    const groups: [number, number, number] = "invocations" in size
+      ? [...grid1d(c.ctx, size.invocations(ch.maxN), wg), (size.z ?? 1) * ch.count]
+      : [
+        ...grid1d(c.ctx, gradSegments(spec).reduce((a, s) => a + s.count({ ...size.dims, N: ch.maxN, WG: wg }), 0), 1),
+        ch.count,
+      ]
+    step.dispatch(hit.pipeline, [ch.uniform, ...bindings], groups)
+  }
 }
 
 // ---- forward ---------------------------------------------------------------------------------------
 
 /**
- * Adapter stages before the frozen down matmul: route, lists (+ this layer's stats row), fwd_experts (t1, t3,
- * h, t2), mix (mix rows written). Inputs x, g0 = x W1ᵀ, u0 = x W3ᵀ are batch-shaped; `lengths` (rows) u32
- * real tokens per batch row; `stats` (L, 2E + 1) f32.
+ * Adapter stages before the frozen down matmul for every segment of the call (one dispatch per stage per
+ * MOE_MAX_SEGMENTS segments): route, lists (+ each segment's stats row), fwd_experts (t1, t3, h, t2), mix (mix
+ * rows written). Inputs x, g0 = x W1ᵀ, u0 = x W3ᵀ are batch-shaped; `lengths` (rows) u32 real tokens per batch
+ * row; `stats` (rows, 2E + 1) f32; saved and scratch hold Σ N tokens (group-local).
  */
-export function mixloraExpertsForward(
+export function mixloraSegmentsForward(
   step: Step,
   args: {
     x: GPUBuffer
@@ -353,59 +464,64 @@ export function mixloraExpertsForward(
     mix: GPUBuffer
     lengths: GPUBuffer
     stats: GPUBuffer
-    params: MixloraParamRefs
     saved: MixloraSavedBuffers
     scratch: MixloraScratch
   },
-  dims: MixloraDims,
+  segs: readonly MixloraSegment[],
 ): void {
-  const p = prepare(step, args.params, dims)
+  const c = prepare(step, segs)
   const { x, g0, u0, mix, lengths, stats, saved: s, scratch } = args
-  const { N, D, F, R, row0, T } = dims
-  const { S, E, ctx } = p
-  p.need("x", x, (row0 + N) * D)
-  for (const [k, b] of Object.entries({ g0, u0, mix })) p.need(k, b, (row0 + N) * F)
-  p.need("lengths", lengths, (row0 + N) / T)
-  p.need("stats", stats, (dims.layer + 1) * (2 * E + 1))
-  checkSaved(p, s, dims)
-  p.need("hs", scratch.hs, N * S * F)
-  run(step, p, "moe_route.wgsl", [s.P, s.w, s.expertOf, s.sel, x, p.params, lengths], grid1d(ctx, N))
-  run(step, p, "moe_lists.wgsl", [s.list, s.counts, s.sel, s.expertOf, s.w, stats, s.P, lengths], [E, 1])
+  const { D, F } = segs[0].dims
+  const { S, E, R, ctx } = c
+  needRows(c, segs, { x }, D)
+  needRows(c, segs, { g0, u0, mix }, F)
+  needRows(c, segs, { lengths }, 1, { perSequence: true })
+  c.need("stats", stats, (Math.max(...segs.map((g) => g.dims.layer)) + 1) * (2 * E + 1))
+  checkSaved(c, s)
+  c.need("hs", scratch.hs, c.Nt * S * F)
+  run(step, c, "moe_route.wgsl", [s.P, s.w, s.expertOf, s.sel, x, c.params, lengths], (n) => grid1d(ctx, n))
+  run(step, c, "moe_lists.wgsl", [s.list, s.counts, s.sel, s.expertOf, s.w, stats, s.P, lengths], () => [E, 1])
   const hs = scratch.hs
   const lists = { list: s.list, counts: s.counts }
-  runGenerated(step, p, "fwd_experts", { ...lists, t: s.t, hs, expert_of: s.expertOf, x, g0, u0 }, {
-    invocations: Math.ceil(N / moeListTile(R)),
+  runGenerated(step, c, "fwd_experts", { ...lists, t: s.t, hs, expert_of: s.expertOf, x, g0, u0 }, {
+    invocations: (n) => Math.ceil(n / moeListTile(R)),
     z: E + 1,
   })
-  runGenerated(step, p, "mix", { mix, hs, wt: s.w, expert_of: s.expertOf }, { invocations: N * (F / p.w) })
+  runGenerated(step, c, "mix", { mix, hs, wt: s.w, expert_of: s.expertOf }, { invocations: (n) => n * (F / c.w) })
 }
 
-function checkSaved(p: Prepared, s: MixloraSavedBuffers, d: MixloraDims): void {
-  const { N, R } = d
-  const { S, E } = p
-  p.need("P", s.P, N * E)
-  p.need("w", s.w, N * S)
-  p.need("expertOf", s.expertOf, N * S)
-  p.need("sel", s.sel, N * E)
-  p.need("list", s.list, E * N)
-  p.need("counts", s.counts, E)
-  p.need("t", s.t, 3 * N * S * R)
+/** One adapter's `mixloraSegmentsForward` (its saved and scratch hold N tokens). */
+export function mixloraExpertsForward(
+  step: Step,
+  args: Parameters<typeof mixloraSegmentsForward>[1] & { params: MixloraParamRefs },
+  dims: MixloraDims,
+): void {
+  mixloraSegmentsForward(step, args, [{ params: args.params, dims }])
 }
 
-/** y[row0 ..] += Σ_j w s B2_e t2 after the frozen y = mix W2ᵀ (no-op without down_proj LoRA). */
+/** y[rows] += Σ_j w s B2_e t2 after the frozen y = mix W2ᵀ, every segment (no-op without down_proj LoRA). */
+export function mixloraSegmentsDown(
+  step: Step,
+  args: { y: GPUBuffer; saved: MixloraSavedBuffers },
+  segs: readonly MixloraSegment[],
+): void {
+  const c = prepare(step, segs)
+  needRows(c, segs, { y: args.y }, segs[0].dims.D)
+  checkSaved(c, args.saved)
+  if (!c.targets.has("down_proj")) return
+  const s = args.saved
+  runGenerated(step, c, "expand_down", { y: args.y, t: s.t, wt: s.w, expert_of: s.expertOf }, {
+    invocations: (n) => n,
+  })
+}
+
+/** One adapter's `mixloraSegmentsDown`. */
 export function mixloraDownForward(
   step: Step,
   args: { y: GPUBuffer; params: MixloraParamRefs; saved: MixloraSavedBuffers },
   dims: MixloraDims,
 ): void {
-  const p = prepare(step, args.params, dims)
-  p.need("y", args.y, (dims.row0 + dims.N) * dims.D)
-  checkSaved(p, args.saved, dims)
-  if (!p.targets.has("down_proj")) return
-  const s = args.saved
-  runGenerated(step, p, "expand_down", { y: args.y, t: s.t, wt: s.w, expert_of: s.expertOf }, {
-    invocations: dims.N,
-  })
+  mixloraSegmentsDown(step, args, [{ params: args.params, dims }])
 }
 
 /**
@@ -443,11 +559,12 @@ export function mixloraFfnForward(
 // ---- backward --------------------------------------------------------------------------------------
 
 /**
- * Adapter stages between the frozen dmix = dy W2 and dx = dg0 W1 + du0 W3: bwd_experts (u2, h, dg, du, dt1,
- * dt3, dw), router (dlogits; aux gradient when `aux` (1 + E) from `moeAuxLoss` is given), bwd_grads (expert
- * and router gradients +=, dg0 and du0 rows written). `params.grads` is required.
+ * Adapter stages between the frozen dmix = dy W2 and dx = dg0 W1 + du0 W3 for every segment: bwd_experts (u2, h,
+ * dg, du, dt1, dt3, dw), router (dlogits; aux gradient of segments with an `auxRow` of `aux` (rows, 1 + E) from
+ * `moeAuxLossSegments`), bwd_grads (expert and router gradients +=, dg0 and du0 rows written). Every segment's
+ * `params.grads` is required.
  */
-export function mixloraExpertsBackward(
+export function mixloraSegmentsBackward(
   step: Step,
   args: {
     dy: GPUBuffer
@@ -459,50 +576,70 @@ export function mixloraExpertsBackward(
     du0: GPUBuffer
     lengths: GPUBuffer
     aux?: GPUBuffer | null
-    params: MixloraParamRefs
     saved: MixloraSavedBuffers
     scratch: MixloraScratch
   },
-  dims: MixloraDims,
+  segs: readonly MixloraSegment[],
 ): void {
-  const p = prepare(step, args.params, dims, { aux: !!args.aux })
-  if (!p.grads) throw new GpuValidationError({ label: "mixlora backward", reason: "params.grads is required" })
-  const { dy, x, dmix, g0, u0, dg0, du0, lengths, saved: s, scratch: c } = args
-  const { N, D, F, R, row0, T } = dims
-  const { S, E, ctx } = p
-  for (const [k, b] of Object.entries({ dy, x })) p.need(k, b, (row0 + N) * D)
-  for (const [k, b] of Object.entries({ dmix, g0, u0, dg0, du0 })) p.need(k, b, (row0 + N) * F)
-  p.need("lengths", lengths, (row0 + N) / T)
-  if (args.aux) p.need("aux", args.aux, 1 + E)
-  checkSaved(p, s, dims)
-  p.need("hs", c.hs, 3 * N * S * F)
-  p.need("dts", c.dts, 3 * N * S * R)
-  p.need("dw", c.dw, N * S)
-  p.need("dlogits", c.dlogits, N * E)
-  const pair = { t: s.t, wt: s.w, expert_of: s.expertOf, hs: c.hs, dts: c.dts }
+  const c = prepare(step, segs, { aux: !!args.aux })
+  if (!c.grads) throw new GpuValidationError({ label: "mixlora backward", reason: "params.grads is required" })
+  const { dy, x, dmix, g0, u0, dg0, du0, lengths, saved: s, scratch: sc } = args
+  const { D, F } = segs[0].dims
+  const { S, E, R, ctx, Nt } = c
+  needRows(c, segs, { dy, x }, D)
+  needRows(c, segs, { dmix, g0, u0, dg0, du0 }, F)
+  needRows(c, segs, { lengths }, 1, { perSequence: true })
+  if (args.aux) c.need("aux", args.aux, (Math.max(0, ...segs.map((g) => g.auxRow ?? 0)) + 1) * (1 + E))
+  checkSaved(c, s)
+  c.need("hs", sc.hs, 3 * Nt * S * F)
+  c.need("dts", sc.dts, 3 * Nt * S * R)
+  c.need("dw", sc.dw, Nt * S)
+  c.need("dlogits", sc.dlogits, Nt * E)
+  const pair = { t: s.t, wt: s.w, expert_of: s.expertOf, hs: sc.hs, dts: sc.dts }
   const lists = { list: s.list, counts: s.counts }
-  runGenerated(step, p, "bwd_experts", { ...pair, ...lists, dw: c.dw, dy, dmix, g0, u0 }, {
-    invocations: Math.ceil(N / moeListTile(R)),
+  runGenerated(step, c, "bwd_experts", { ...pair, ...lists, dw: sc.dw, dy, dmix, g0, u0 }, {
+    invocations: (n) => Math.ceil(n / moeListTile(R)),
     z: E,
   })
-  run(step, p, "moe_bwd_router.wgsl", [c.dlogits, s.P, c.dw, s.w, s.expertOf, args.aux ?? s.P, lengths], grid1d(ctx, N))
-  const grads = { ...pair, ...lists, dg0, du0, x, dlogits: c.dlogits, dy }
-  runGenerated(step, p, "bwd_grads", grads, { dims: { N, D, F } })
+  const router = [sc.dlogits, s.P, sc.dw, s.w, s.expertOf, args.aux ?? s.P, lengths]
+  run(step, c, "moe_bwd_router.wgsl", router, (n) => grid1d(ctx, n))
+  const grads = { ...pair, ...lists, dg0, du0, x, dlogits: sc.dlogits, dy }
+  runGenerated(step, c, "bwd_grads", grads, { dims: { D, F } })
 }
 
-/** dx[row0 ..] += the adapter's input gradient (expert gate/up LoRA and router), after dx = dg0 W1 + du0 W3. */
+/** One adapter's `mixloraSegmentsBackward`; `aux` (1 + E) from `moeAuxLoss` adds the load-balancing gradient. */
+export function mixloraExpertsBackward(
+  step: Step,
+  args: Parameters<typeof mixloraSegmentsBackward>[1] & { params: MixloraParamRefs },
+  dims: MixloraDims,
+): void {
+  mixloraSegmentsBackward(step, args, [{ params: args.params, dims, auxRow: args.aux ? 0 : null }])
+}
+
+/** dx[rows] += every segment's input gradient (expert gate/up LoRA and router), after dx = dg0 W1 + du0 W3. */
+export function mixloraSegmentsInputBackward(
+  step: Step,
+  args: { dx: GPUBuffer; saved: MixloraSavedBuffers; scratch: MixloraScratch },
+  segs: readonly MixloraSegment[],
+): void {
+  const c = prepare(step, segs)
+  needRows(c, segs, { dx: args.dx }, segs[0].dims.D)
+  checkSaved(c, args.saved)
+  c.need("dts", args.scratch.dts, 3 * c.Nt * c.S * c.R)
+  c.need("dlogits", args.scratch.dlogits, c.Nt * c.E)
+  const sc = args.scratch
+  runGenerated(step, c, "bwd_dx", { dx: args.dx, dts: sc.dts, dlogits: sc.dlogits, expert_of: args.saved.expertOf }, {
+    invocations: (n) => n,
+  })
+}
+
+/** One adapter's `mixloraSegmentsInputBackward`. */
 export function mixloraInputBackward(
   step: Step,
   args: { dx: GPUBuffer; params: MixloraParamRefs; saved: MixloraSavedBuffers; scratch: MixloraScratch },
   dims: MixloraDims,
 ): void {
-  const p = prepare(step, args.params, dims)
-  p.need("dx", args.dx, (dims.row0 + dims.N) * dims.D)
-  checkSaved(p, args.saved, dims)
-  const c = args.scratch
-  runGenerated(step, p, "bwd_dx", { dx: args.dx, dts: c.dts, dlogits: c.dlogits, expert_of: args.saved.expertOf }, {
-    invocations: dims.N,
-  })
+  mixloraSegmentsInputBackward(step, args, [{ params: args.params, dims }])
 }
 
 /**
@@ -541,25 +678,61 @@ export function mixloraFfnBackward(
 
 // ---- aux loss --------------------------------------------------------------------------------------
 
+/** One adapter of `moeAuxLossSegments`: its L stats rows from `statsRow`, its output row `outRow` (default 0). */
+export interface MoeAuxSegment {
+  readonly layers: number
+  readonly E: number
+  readonly coef: number
+  /** ∂loss/∂aux (e.g. 1 / accumulation steps) */
+  readonly gradScale?: number
+  readonly statsRow?: number
+  readonly outRow?: number
+}
+
+const AUX_SEG = 16
+const AUX_WORDS = 8
+
 /**
- * out (1 + E) = [aux, ∂aux/∂P_e · gradScale] over `layers` rows of stats (L, 2E + 1) written by the forward's
- * moe_lists (spec §3; see src/reference/mixlora.ts moeAuxLoss). Run after every MoE layer's forward and before
- * the backward; `gradScale` is ∂loss/∂aux (e.g. 1 / accumulation steps).
+ * out row (1 + E) = [aux, ∂aux/∂P_e · gradScale] over each segment's `layers` rows of stats (·, 2E + 1) written by
+ * the forward's moe_lists (spec §3; see src/reference/mixlora.ts moeAuxLoss), one dispatch per 16 segments. Run
+ * after every MoE layer's forward and before the backward.
  */
+export function moeAuxLossSegments(
+  step: Step,
+  args: { stats: GPUBuffer; out: GPUBuffer },
+  segs: readonly MoeAuxSegment[],
+): void {
+  const guard = (ok: boolean, reason: string) => {
+    if (!ok) throw new GpuValidationError({ label: "moe_aux", reason })
+  }
+  guard(segs.length >= 1, "no segments")
+  guard(args.out !== args.stats, "out aliases stats")
+  for (const { layers, E, statsRow = 0, outRow = 0 } of segs) {
+    guard(Number.isInteger(layers) && layers >= 1 && Number.isInteger(E) && E >= 1, `layers=${layers}, E=${E}`)
+    guard(Number.isInteger(statsRow) && statsRow >= 0 && Number.isInteger(outRow) && outRow >= 0, "rows")
+    guard(args.stats.size >= (statsRow + layers) * (2 * E + 1) * 4, `stats holds ${args.stats.size} bytes`)
+    guard(args.out.size >= (outRow + 1) * (1 + E) * 4, `out holds ${args.out.size} bytes`)
+  }
+  const ctx = step.ctx
+  const pipeline = preludedPipeline(ctx, [], "moe_aux.wgsl", {})
+  for (let c0 = 0; c0 < segs.length; c0 += AUX_SEG) {
+    const part = segs.slice(c0, c0 + AUX_SEG)
+    const table = new Uint32Array(AUX_SEG * AUX_WORDS)
+    const f = new Float32Array(table.buffer)
+    part.forEach((s, j) => {
+      const o = j * AUX_WORDS
+      table.set([s.layers, s.E, (s.statsRow ?? 0) * (2 * s.E + 1), (s.outRow ?? 0) * (1 + s.E)], o)
+      f.set([s.coef, s.gradScale ?? 1], o + 4)
+    })
+    step.dispatch(pipeline, [ctx.uniform(table), args.out, args.stats], [part.length])
+  }
+}
+
+/** One adapter's `moeAuxLossSegments`: out (1 + E) over `layers` rows of stats (L, 2E + 1). */
 export function moeAuxLoss(
   step: Step,
   args: { stats: GPUBuffer; out: GPUBuffer },
   dims: { layers: number; E: number; coef: number; gradScale?: number },
 ): void {
-  const { layers, E, coef } = dims
-  const guard = (ok: boolean, reason: string) => {
-    if (!ok) throw new GpuValidationError({ label: "moe_aux", reason })
-  }
-  guard(Number.isInteger(layers) && layers >= 1 && Number.isInteger(E) && E >= 1, `layers=${layers}, E=${E}`)
-  guard(args.stats.size >= layers * (2 * E + 1) * 4, `stats holds ${args.stats.size} bytes`)
-  guard(args.out.size >= (1 + E) * 4, `out holds ${args.out.size} bytes`)
-  guard(args.out !== args.stats, "out aliases stats")
-  const ctx = step.ctx
-  const uniform = ctx.uniform([layers, E, 0, 0], [coef, dims.gradScale ?? 1])
-  step.dispatch(preludedPipeline(ctx, [], "moe_aux.wgsl", {}), [uniform, args.out, args.stats], [1])
+  moeAuxLossSegments(step, args, [dims])
 }

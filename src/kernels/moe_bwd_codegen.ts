@@ -5,6 +5,7 @@
 import { type Gen, range, rankBlock, sum } from "./adapter_codegen.ts"
 import {
   aRows,
+  batchRow,
   bRows,
   bTimes,
   bTransposeAcc,
@@ -12,6 +13,7 @@ import {
   has,
   ifPair,
   keep,
+  listBase,
   maskRow,
   MOE_TC,
   type MoeKernelSpec,
@@ -185,12 +187,13 @@ function gradB(g: Gen, s: MoeKernelSpec, p: string): void {
   const { nc, RB } = tile(g, R, rows)
   const nq = RB / g.w
   for (const c of range(0, MOE_TC)) g.p(`    ` + range(0, nq).map((q) => `var g_${c}_${q} = ${g.zero};`).join(" "))
-  g.p(`    let cnt = counts[e];`)
+  g.p(`    let cnt = counts[u_cnt0 + e];`)
+  g.p(`    let lb = ${listBase("e")};`)
   g.p(`    for (var c = 0u; c < cnt; c++) {`)
-  g.p(`      let pr = list[e * u_N + c];`)
+  g.p(`      let pr = list[lb + c];`)
   if (p === "d") {
     g.p(`      let wp = wt[pr];`)
-    g.p(`      let vb = (u_row0 + pr / u_S) * u_D;`)
+    g.p(`      let vb = (${batchRow("pr")}) * u_D;`)
     rankLoad(g, RB, "tv", "t", `${P.t} + pr * ${R}u + r0`, "wp * ", "      ")
     for (const c of range(0, nc)) g.p(`      let v_${c} = dy[${ci(g, `vb + k_${c}`)}];`)
   } else {
@@ -217,10 +220,11 @@ function gradA(g: Gen, s: MoeKernelSpec, p: string): void {
   const cols = p === "d" ? "u_F" : "u_D"
   const { nc, RB } = tile(g, R, cols)
   for (const r of range(0, RB)) g.p(`    ` + range(0, nc).map((c) => `var a_${r}_${c} = ${g.zero};`).join(" "))
-  g.p(`    let cnt = counts[e];`)
+  g.p(`    let cnt = counts[u_cnt0 + e];`)
+  g.p(`    let lb = ${listBase("e")};`)
   g.p(`    for (var c = 0u; c < cnt; c++) {`)
-  g.p(`      let pr = list[e * u_N + c];`)
-  g.p(`      let gi = u_row0 + pr / u_S;`)
+  g.p(`      let pr = list[lb + c];`)
+  g.p(`      let gi = ${batchRow("pr")};`)
   rankLoad(g, RB, "dv", "dts", `${P.dt} + pr * ${R}u + r0`, p === "d" ? "wt[pr] * " : "", "      ")
   g.p(`      let hr = ${maskRow(P.k)};`)
   const src = (c: number) => p === "d" ? `hs[${ci(g, `pr * u_F + k_${c}`)}]` : `x[${ci(g, `gi * u_D + k_${c}`)}]`
@@ -248,7 +252,7 @@ function combine(g: Gen): void {
   g.p(`      var sg = ${g.zero};`)
   g.p(`      var su = ${g.zero};`)
   g.p(`      for (var j = 0u; j < u_S; j++) {`)
-  g.p(`        let pr = i * u_S + j;`)
+  g.p(`        let pr = (u_loc0 + i) * u_S + j;`)
   g.p(`        if (expert_of[pr] >= 0) {`)
   g.p(`          sg = sg + hs[${ci(g, "nsf + pr * u_F + f")}];`)
   g.p(`          su = su + hs[${ci(g, "2u * nsf + pr * u_F + f")}];`)
@@ -267,9 +271,10 @@ function router(g: Gen, s: MoeKernelSpec): void {
   g.p(`    ` + range(0, E).map((e) => `var r_${e} = ${g.zero};`).join(" "))
   g.p(`    for (var i = 0u; i < u_N; i++) {`)
   g.p(`      let gi = u_row0 + i;`)
+  g.p(`      let li = u_loc0 + i;`)
   g.p(`      let hj = row_hash(u_jit_seed, 7u, gi);`)
   g.p(`      let xv = x[${ci(g, "gi * u_D + k0")}] * jitter_w(u_jit, hj, dims.jit_lo, dims.jit_span, k0);`)
-  for (const e of range(0, E)) g.p(`      r_${e} = r_${e} + dlogits[i * ${E}u + ${e}u] * xv;`)
+  for (const e of range(0, E)) g.p(`      r_${e} = r_${e} + dlogits[li * ${E}u + ${e}u] * xv;`)
   g.p(`    }`)
   for (const e of range(0, E)) g.p(`    { let gr = ${ci(g, `u_router + ${e}u * u_D + k0`)}; g[gr] = g[gr] + r_${e}; }`)
 }
@@ -280,10 +285,11 @@ export function bwdDx(g: Gen, s: MoeKernelSpec): void {
   g.p(`  let i = inv;`)
   g.p(`  if (i >= u_N) { return; }`)
   g.p(`  let gi = u_row0 + i;`)
+  g.p(`  let li = u_loc0 + i;`)
   g.p(`  let xb = gi * u_D;`)
   if (gate || up) {
     g.p(`  for (var j = 0u; j < u_S; j++) {`)
-    g.p(`    let pr = i * u_S + j;`)
+    g.p(`    let pr = li * u_S + j;`)
     g.p(`    let ei = expert_of[pr];`)
     g.p(`    if (ei < 0) { continue; }`)
     g.p(`    let e = u32(ei);`)
@@ -308,7 +314,7 @@ export function bwdDx(g: Gen, s: MoeKernelSpec): void {
     g.p(`    }`)
     g.p(`  }`)
   }
-  for (const e of range(0, E)) g.p(`  let dl_${e} = dlogits[i * ${E}u + ${e}u];`)
+  for (const e of range(0, E)) g.p(`  let dl_${e} = dlogits[li * ${E}u + ${e}u];`)
   g.p(`  let hj = row_hash(u_jit_seed, 7u, gi);`)
   g.p(`  for (var d = 0u; d < u_D; d += ${g.wu}) {`)
   const terms = range(0, E).map((e) => `dl_${e} * p[${ci(g, `u_router + ${e}u * u_D + d`)}]`)

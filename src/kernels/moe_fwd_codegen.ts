@@ -19,16 +19,16 @@ import {
   tileHead,
 } from "./moe_tile_codegen.ts"
 
-/** fwd_experts: expert e's list tile; wid.z = E zeroes t of the empty slots of TP tokens per invocation. */
+/** fwd_experts: expert e's list tile; z' = E zeroes t of the empty slots of TP tokens per invocation. */
 export function fwdExperts(g: Gen, s: MoeKernelSpec): void {
   const { R } = s
   const nq = R / g.w
   const tp = moeListTile(R)
   const TP = () => range(0, tp)
-  g.p(`  if (wid.z == u_E) {`)
+  g.p(`  if (zz == u_E) {`)
   g.p(`    for (var i = inv * ${tp}u; i < min(inv * ${tp}u + ${tp}u, u_N); i++) {`)
   g.p(`      for (var j = 0u; j < u_S; j++) {`)
-  g.p(`        let pr = i * u_S + j;`)
+  g.p(`        let pr = (u_loc0 + i) * u_S + j;`)
   g.p(`        if (expert_of[pr] < 0) {`)
   for (const off of ["0u", "nsr", "2u * nsr"]) rankStore(g, R, "t", `${off} + pr * ${R}u`, () => g.zero, "          ")
   g.p(`        }`)
@@ -113,7 +113,7 @@ export function mix(g: Gen): void {
   g.p(`  let f = (inv % nf) * ${g.wu};`)
   g.p(`  var acc = ${g.zero};`)
   g.p(`  for (var j = 0u; j < u_S; j++) {`)
-  g.p(`    let pr = i * u_S + j;`)
+  g.p(`    let pr = (u_loc0 + i) * u_S + j;`)
   g.p(`    if (expert_of[pr] >= 0) { acc = acc + wt[pr] * hs[${ci(g, "pr * u_F + f")}]; }`)
   g.p(`  }`)
   g.p(`  mix[${ci(g, "(u_row0 + i) * u_F + f")}] = acc;`)
@@ -125,7 +125,7 @@ export function expandDown(g: Gen, s: MoeKernelSpec): void {
   g.p(`  if (i >= u_N) { return; }`)
   g.p(`  let yb = (u_row0 + i) * u_D;`)
   g.p(`  for (var j = 0u; j < u_S; j++) {`)
-  g.p(`    let pr = i * u_S + j;`)
+  g.p(`    let pr = (u_loc0 + i) * u_S + j;`)
   g.p(`    let ei = expert_of[pr];`)
   g.p(`    if (ei < 0) { continue; }`)
   g.p(`    let e = u32(ei);`)

@@ -2,7 +2,7 @@
  * Pieces shared by the MixLoRA kernel generators (src/kernels/moe_codegen.ts and the moe_fwd / moe_bwd
  * generators): the kernel spec, tile sizes, and WGSL snippets for rank vectors (R values of one pair, held as
  * R / w chunks), expert weight rows and expert list tiles. Snippets use the names the kernels define: e (expert),
- * the opaque dims u_X, nsr = N·S·R, nsf = N·S·F, p (parameters).
+ * the opaque dims u_X, nsr = Nt·S·R, nsf = Nt·S·F, p (parameters), zz (z' of wid.z = seg · Z + z').
  * @module
  */
 import type { FfnProjection } from "../model/adapter.ts"
@@ -56,20 +56,27 @@ export function rankStore(
 }
 
 /**
- * The list tile of invocation `inv` of expert e = wid.z: entries c0 .. c0 + TP − 1 of list[e] (clamped to the
- * last entry; stores check `c0 + m < cnt`), their pairs pr_m and batch rows gi_m.
+ * The list tile of invocation `inv` of expert e = z': entries c0 .. c0 + TP − 1 of the segment's list[e]
+ * (clamped to the last entry; stores check `c0 + m < cnt`), their pairs pr_m and batch rows gi_m.
  */
 export function tileHead(g: Gen, R: number): void {
   const TP = moeListTile(R)
-  g.p(`  let e = wid.z;`)
-  g.p(`  let cnt = counts[e];`)
+  g.p(`  let e = zz;`)
+  g.p(`  let cnt = counts[u_cnt0 + e];`)
   g.p(`  let c0 = inv * ${TP}u;`)
   g.p(`  if (c0 >= cnt) { return; }`)
+  g.p(`  let lb = ${listBase("e")};`)
   for (const m of range(0, TP)) {
-    g.p(`  let pr_${m} = list[e * u_N + min(c0 + ${m}u, cnt - 1u)];`)
-    g.p(`  let gi_${m} = u_row0 + pr_${m} / u_S;`)
+    g.p(`  let pr_${m} = list[lb + min(c0 + ${m}u, cnt - 1u)];`)
+    g.p(`  let gi_${m} = ${batchRow(`pr_${m}`)};`)
   }
 }
+
+/** first entry of the segment's list of expert `e` (rows of E·N entries from loc0·E) */
+export const listBase = (e: string): string => `u_loc0 * u_E + ${e} * u_N`
+
+/** batch row of the group-local pair `pr`: row0 + (pr / S − loc0) */
+export const batchRow = (pr: string): string => `u_row0 + (${pr} / u_S - u_loc0)`
 
 /** `if (c0 + m < cnt) { … }` around the lines `body` emits */
 export function ifPair(g: Gen, m: number, indent: string, body: () => void): void {
