@@ -75,11 +75,15 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = ["naive", "smem", "tile
  * M = 1 (4096×4096) 1×32 beats 4×32 (int8 11.8 vs 8.3, f32 4.4 vs 3.7); for M = 4, 4×32 beats the big
  * tile 3–5×. bench/matmul.ts on a quiet machine: int8 8×32 52, f32 16×16 36. Cold compiles: f32 16×16 3.9 s,
  * int8 8×32 4.9 s, tile_m4 0.5 / 1.6 s, tile_m1 0.3 / 0.4 s (from Mesa's warm disk cache: < 0.2 s each).
+ * int8 uses 16×16 since the training shapes of small models were measured (.prof sweeps, M = 160 / 640 rows,
+ * K, N ∈ {64, 128, 352}): 16×16 takes 22–35% less time than 8×32 there (8×32 stores 256 accumulators per
+ * invocation, a heavy epilogue when K is short and N = 64 leaves half of its columns idle), and the same within
+ * noise at 256×2048×5632.
  */
 export const TILES: Readonly<Record<"tile" | "tile_m4" | "tile_m1", Readonly<Record<MatrixDtype, TileSpec>>>> = {
   tile: {
     f32: { dtype: "f32", tm: 16, tn: 16, wgx: 8, wgy: 4 },
-    int8: { dtype: "int8", tm: 8, tn: 32, wgx: 8, wgy: 4 },
+    int8: { dtype: "int8", tm: 16, tn: 16, wgx: 8, wgy: 4 },
   },
   tile_m4: {
     f32: { dtype: "f32", tm: 4, tn: 16, wgx: 32, wgy: 1 },
