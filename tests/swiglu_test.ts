@@ -14,26 +14,28 @@ function relErr(y: Float32Array, ref: Float32Array): number {
   return num / den
 }
 
-Deno.test("swiglu h = act(g) ⊙ u matches the reference within 1e-4 relative for silu, gelu and gelu_tanh", async () => {
+Deno.test("swiglu h = act(g) ⊙ u matches the reference within 1e-4 relative for silu, gelu and gelu_tanh, scalar and vec4", async () => {
   const ctx = await GpuContext.create()
   try {
     const rng = Rng.fromSeed(4)
-    const [N, F] = [39, 45]
-    // g over ±12 reaches the saturated tails of every activation
-    const g = Float32Array.from({ length: N * F }, () => rng.uniform(-12, 12))
-    const u = Float32Array.from({ length: N * F }, () => rng.normal())
-    const gb = ctx.upload("g", g, "activations")
-    const ub = ctx.upload("u", u, "activations")
-    for (const act of ["silu", "gelu", "gelu_tanh"] as const) {
-      const h = ctx.upload("h", new Float32Array(N * F).fill(NaN), "activations")
-      const step = ctx.begin()
-      swigluForward(step, { h, g: gb, u: ub }, { N, F, act })
-      const got = new Float32Array((await ctx.read([h], step))[0]).subarray(0, N * F)
-      const ref = refSwiglu(g, u, { N, F, act })
-      const err = relErr(got, ref)
-      console.log(`swiglu ${act} N=${N} F=${F}: rel err ${err.toExponential(2)}`)
-      assert.ok(err <= 1e-4, `${act}: ${err}`)
-      assert.ok(got.every(Number.isFinite))
+    // 39 × 45 runs the scalar entry, 12 × 44 the vec4 one (N·F % 4 = 0)
+    for (const [N, F] of [[39, 45], [12, 44]]) {
+      // g over ±12 reaches the saturated tails of every activation
+      const g = Float32Array.from({ length: N * F }, () => rng.uniform(-12, 12))
+      const u = Float32Array.from({ length: N * F }, () => rng.normal())
+      const gb = ctx.upload("g", g, "activations")
+      const ub = ctx.upload("u", u, "activations")
+      for (const act of ["silu", "gelu", "gelu_tanh"] as const) {
+        const h = ctx.upload("h", new Float32Array(N * F).fill(NaN), "activations")
+        const step = ctx.begin()
+        swigluForward(step, { h, g: gb, u: ub }, { N, F, act })
+        const got = new Float32Array((await ctx.read([h], step))[0]).subarray(0, N * F)
+        const ref = refSwiglu(g, u, { N, F, act })
+        const err = relErr(got, ref)
+        console.log(`swiglu ${act} N=${N} F=${F}: rel err ${err.toExponential(2)}`)
+        assert.ok(err <= 1e-4, `${act}: ${err}`)
+        assert.ok(got.every(Number.isFinite))
+      }
     }
   } finally {
     ctx.destroy()

@@ -441,11 +441,13 @@ function stageInput(step: Step, x: GPUBuffer, M: number, K: number): GPUTextureV
     category: "activations",
   })
   const maxBind = ctx.limits.maxStorageBufferBindingSize
-  step.dispatch(ctx.pipeline({ shader: "matmul_pack.wgsl" }), [
+  // vec4 chunks when K % 4 = 0 (a quarter of the memory instructions)
+  const v4 = K % 4 === 0
+  step.dispatch(ctx.pipeline({ shader: "matmul_pack.wgsl", entryPoint: v4 ? "main4" : "main" }), [
     ctx.uniform([M, K, Kp, 0]),
     bound(s.pad, M * Kp * 4, maxBind),
     bound(x, M * K * 4, maxBind),
-  ], [Kp / 64, M])
+  ], [v4 ? Math.ceil(Kp / 256) : Kp / 64, M])
   step.endPass().copyBufferToTexture({ buffer: s.pad, bytesPerRow: Kp * 4 }, { texture: s.texture }, {
     width,
     height: M,
