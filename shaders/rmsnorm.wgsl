@@ -124,3 +124,68 @@ fn backward(
     }
   }
 }
+
+// ---- vec4 entries (D % 4 = 0): `main4` and `backward4` bind x, y, w, dy, dx as vec4 chunks (a quarter of the
+// memory instructions). The four partial sums are the components of one vec4 accumulator, in the same order as
+// s0..s3 above, and every element is computed by the same expression: results equal the scalar entries bit for bit.
+
+@group(0) @binding(1) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> w4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn main4(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let n = (wid.y * nwg.x + wid.x) * WG + lid.x;
+  if (n >= dims.N) {
+    return;
+  }
+  let C = dims.D / 4u;
+  let o = n * C;
+  var s = vec4<f32>(0.0);
+  for (var c = 0u; c < C; c++) {
+    let a = x4[o + c];
+    s += a * a;
+  }
+  let r = inverseSqrt(((s.x + s.y) + (s.z + s.w)) / f32(dims.D) + dims.eps);
+  rstd[n] = r;
+  for (var c = 0u; c < C; c++) {
+    y4[o + c] = w4[c] * (x4[o + c] * r);
+  }
+}
+
+@group(0) @binding(1) var<storage, read_write> b4_dx: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4_dy: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> b4_x: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> b4_w: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn backward4(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let n = (wid.y * nwg.x + wid.x) * WG + lid.x;
+  if (n >= dims.N) {
+    return;
+  }
+  let C = dims.D / 4u;
+  let o = n * C;
+  var s = vec4<f32>(0.0);
+  for (var c = 0u; c < C; c++) {
+    s += b4_x[o + c] * b4_w[c] * b4_dy[o + c];
+  }
+  let r = b_rstd[n];
+  let k = (r * r) * (((s.x + s.y) + (s.z + s.w)) / f32(dims.D));
+  for (var c = 0u; c < C; c++) {
+    let g = r * (b4_w[c] * b4_dy[o + c] - b4_x[o + c] * k);
+    if (ACC) {
+      b4_dx[o + c] = b4_dx[o + c] + g;
+    } else {
+      b4_dx[o + c] = g;
+    }
+  }
+}

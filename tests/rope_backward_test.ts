@@ -22,11 +22,11 @@ Deno.test("reference rope backward matches central differences of the forward an
   assert.ok(err <= 1e-3 && back <= 1e-6, JSON.stringify({ err, back }))
 })
 
-Deno.test("rope backward on dq and dk matches the reference within 1e-4 relative: rows [13, 7, 1], H=6 KV=2, Dh 10/18", async () => {
+Deno.test("rope backward on dq and dk matches the reference within 1e-4 relative: rows [13, 7, 1], H=6 KV=2, Dh 10/18/16 (scalar and vec4 entries)", async () => {
   const ctx = await GpuContext.create()
   try {
     for (const padSide of ["left", "right"] as const) {
-      for (const Dh of [10, 18]) {
+      for (const Dh of [10, 18, 16]) {
         const layout = { rows: 3, seqLen: 13, lengths: [13, 7, 1], padSide }
         const [H, KV, theta] = [6, 2, 10000]
         const N = layout.rows * layout.seqLen

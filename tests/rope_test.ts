@@ -55,7 +55,7 @@ Deno.test("rope on q and k matches the reference within 1e-4 relative: rows [13,
   const ctx = await GpuContext.create()
   try {
     for (const padSide of ["left", "right"] as const) {
-      for (const Dh of [10, 18]) {
+      for (const Dh of [10, 18, 16]) {
         const layout = { rows: 3, seqLen: 13, lengths: [13, 7, 1], padSide }
         const e = await check(ctx, layout, { H: 6, KV: 2, Dh, theta: 10000 }, Dh)
         console.log(`rope ${padSide} Dh=${Dh}: q rel err ${e.q.toExponential(2)}, k rel err ${e.k.toExponential(2)}`)

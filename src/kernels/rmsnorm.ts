@@ -32,13 +32,18 @@ export function rmsnormForward(
   const ctx = step.ctx
   const groups = Math.ceil(N / WG)
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
-  step.dispatch(ctx.pipeline({ shader: "rmsnorm.wgsl", constants: { WG } }), [
-    ctx.uniform([N, D], [eps]),
-    buffers.y,
-    buffers.rstd,
-    buffers.x,
-    buffers.w,
-  ], [gx, Math.ceil(groups / gx)])
+  // vec4 entries when D % 4 = 0 (same results, a quarter of the memory instructions)
+  step.dispatch(
+    ctx.pipeline({ shader: "rmsnorm.wgsl", entryPoint: D % 4 === 0 ? "main4" : "main", constants: { WG } }),
+    [
+      ctx.uniform([N, D], [eps]),
+      buffers.y,
+      buffers.rstd,
+      buffers.x,
+      buffers.w,
+    ],
+    [gx, Math.ceil(groups / gx)],
+  )
 }
 
 /**
@@ -68,7 +73,7 @@ export function rmsnormBackward(
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
   const pipeline = ctx.pipeline({
     shader: "rmsnorm.wgsl",
-    entryPoint: "backward",
+    entryPoint: D % 4 === 0 ? "backward4" : "backward",
     constants: { WG, ACC: dims.accumulate ? 1 : 0 },
   })
   step.dispatch(pipeline, [ctx.uniform([N, D]), buffers.dx, buffers.dy, buffers.x, buffers.w, buffers.rstd], [

@@ -73,12 +73,15 @@ function rope(
   const invFreq = new Float32Array(MAX_HALF)
   invFreq.set(ropeInvFreq(Dh, theta))
   const uniform = ctx.uniform([N, T, H, KV, Dh, dims.padSide === "left" ? 1 : 0, 0, 0], Array.from(invFreq))
-  const groups = Math.ceil(threads / WG)
+  // Dh % 8 = 0: the vec4 entry, a thread per 4 pairs (same results)
+  const v4 = Dh % 8 === 0
+  const groups = Math.ceil((v4 ? threads / 4 : threads) / WG)
   const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
   step.dispatch(
     ctx.pipeline({
       shader: "rope.wgsl",
       preludes: ["rope_common.wgsl"],
+      entryPoint: v4 ? "main4" : "main",
       constants: opts.inverse ? { WG, INVERSE: 1 } : { WG },
     }),
     [
