@@ -5,12 +5,16 @@
 // and dt rows t0 + i of the call's (Σ N, R) buffer. Its A (R, IN) sits at element a and B (OUT, R) at element b
 // of the bound parameter range (the adapter arena's slab, src/model/adapter_arena.ts), dA at ga and dB at gb of
 // the bound gradient range; dropout (on = drop) with seed `seed` and threshold thr, kept values × keep, on the
-// call's mask stream. All segments share IN, OUT and R (the kernels are generated per rank).
+// call's mask stream. Masks are keyed by mask_key (lora_common.wgsl) of the token's index i in the segment: the
+// segment holds whole sequences of T tokens (left = 1: left padding, sequence r's length at lengths[len0 + r],
+// len0 = row0 / T), so its masks are the same at any row0 and any T. All segments share IN, OUT and R (the
+// kernels are generated per rank).
 
 struct Seg {
   N: u32, row0: u32, a: u32, b: u32,
   ga: u32, gb: u32, t0: u32, drop: u32,
   seed: u32, thr: u32, scale: f32, keep: f32,
+  T: u32, left: u32, len0: u32, pad: u32,
 }
 
 const MAX_SEG: u32 = 16u;

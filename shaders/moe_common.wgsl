@@ -20,7 +20,8 @@
 // not inlinable by lavapipe (see src/kernels/adapter_codegen.ts), so one pipeline variant serves every call.
 //
 // Buffer conventions: "batch-shaped" buffers (x, y, g0, u0, mix, dy, dx, dmix, dg0, du0) are indexed by the
-// token's row in the packed batch, gi = row0 + i (i ∈ [0, N) within the segment); "group-local" buffers
+// token's row in the packed batch, gi = row0 + i (i ∈ [0, N) within the segment; masks and jitter are keyed
+// by token_key(gi), not by gi, so they do not depend on the packing); "group-local" buffers
 // (P, sel, w, expertOf, list, t, dts, hs, dw, dlogits) hold every segment of the call back to back, segment
 // tokens at li = loc0 + i of Nt = Σ N: P, sel, dlogits (Nt, E); w, expert_of, dw (Nt, S) with pair index
 // p = li·S + j (slot j of token li); t, dts (3, Nt, S, R); hs (3, Nt, S, F); list rows e of the segment at
@@ -63,17 +64,25 @@ fn has_gate() -> bool { return (dims.targets & 1u) != 0u; }
 fn has_up() -> bool { return (dims.targets & 2u) != 0u; }
 fn has_down() -> bool { return (dims.targets & 4u) != 0u; }
 
-// Dropout multiplier of expert e's LoRA on projection proj (0 gate, 1 up, 2 down): stream 8 + 3e + proj.
-fn expert_mult(e: u32, proj: u32, gi: u32, col: u32) -> f32 {
-  return drop_mult(dims.drop, dims.drop_seed, 8u + 3u * e + proj, dims.thr, dims.keep, gi, col);
+// Mask row key (lora_common.wgsl mask_key) of batch token gi of the current segment: its sequence within the
+// segment, (gi − row0) / T, and its position in that sequence; len = lengths[gi / T] (used for left padding only).
+// The key, unlike gi, is the same whether the adapter trains alone or packed with others.
+fn token_key(gi: u32, len: u32) -> u32 {
+  return mask_key(gi - dims.row0, dims.T, dims.left, len);
 }
 
-// Router-input jitter factor of token gi, feature d (1 when off).
-fn jitter(gi: u32, d: u32) -> f32 {
+// Dropout multiplier of expert e's LoRA on projection proj (0 gate, 1 up, 2 down): stream 8 + 3e + proj; key =
+// token_key of the token.
+fn expert_mult(e: u32, proj: u32, key: u32, col: u32) -> f32 {
+  return drop_mult(dims.drop, dims.drop_seed, 8u + 3u * e + proj, dims.thr, dims.keep, key, col);
+}
+
+// Router-input jitter factor of the token with mask key `key` (token_key), feature d (1 when off).
+fn jitter(key: u32, d: u32) -> f32 {
   if (dims.jit == 0u) {
     return 1.0;
   }
-  let u = f32(mask_hash(dims.jit_seed, JITTER_STREAM, gi, d) >> 8u) * (1.0 / 16777216.0);
+  let u = f32(mask_hash(dims.jit_seed, JITTER_STREAM, key, d) >> 8u) * (1.0 / 16777216.0);
   return dims.jit_lo + dims.jit_span * u;
 }
 

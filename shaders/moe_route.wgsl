@@ -1,5 +1,6 @@
 // MixLoRA stages 1–3 for one token per invocation: router logits, softmax, selection, slot weights.
-//   logits_e = Σ_d G[e, d] · x[gi, d] · jitter(gi, d)          jitter = 1 unless training with jitter_noise
+//   logits_e = Σ_d G[e, d] · x[gi, d] · jitter(key, d)         jitter = 1 unless training with jitter_noise
+//   key = token_key(gi) (moe_common.wgsl): the token's sequence in the segment and position in that sequence
 //   P = softmax(logits) (f32, max-subtracted)
 //   picks in descending P, ties to the lower expert index:
 //     mixlora (0)  K picks, w_j = P_j / Σ_picks P (summed in pick order)
@@ -37,12 +38,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let E = dims.E;
   let gi = dims.row0 + i;
   let li = dims.loc0 + i;
+  let len = lengths[gi / dims.T];
+  let key = token_key(gi, len);
   var lg: array<f32, MAX_E>;
   for (var e = 0u; e < E; e++) {
     lg[e] = 0.0;
   }
   for (var d = 0u; d < dims.D; d++) {
-    let xr = x[gi * dims.D + d] * jitter(gi, d);
+    let xr = x[gi * dims.D + d] * jitter(key, d);
     for (var e = 0u; e < E; e++) {
       lg[e] += p[dims.router + e * dims.D + d] * xr;
     }
@@ -65,7 +68,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     expert_of[li * dims.S + j] = -1;
     w[li * dims.S + j] = 0.0;
   }
-  if (!is_real_token(gi, lengths[gi / dims.T])) {
+  if (!is_real_token(gi, len)) {
     return;
   }
   var picks = dims.K;

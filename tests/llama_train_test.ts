@@ -4,6 +4,7 @@ import { initAdapter } from "../src/model/adapter_init.ts"
 import { type BatchDescriptor, PROJECTIONS } from "../src/model/types.ts"
 import { packBatch } from "../src/reference/batch.ts"
 import { centralDifference, maxRelError } from "../src/reference/finite_diff.ts"
+import { dropoutMask, jitterNoise } from "../src/reference/lora.ts"
 import {
   moeLayerSeed,
   referenceTrainForward,
@@ -284,10 +285,13 @@ for (const routing of ["mixlora", "switch", "dynamic"] as const) {
 
 Deno.test("referenceTrainStep: segments are independent (losses and gradients as if each ran alone)", () => {
   for (const routing of ["mixlora", "switch", "dynamic"] as const) {
+    // with dropout and jitter: masks are keyed by the token's sequence within its segment and its position in
+    // that sequence, so they follow a segment to another start row, another padded T and the other pad side
+    const random = { dropout: { seed: 3 }, jitter: { seed: 4 } }
     const packed = batchOf(seqs, SEGMENTS, { padSide: "right" })
-    const { adapters } = chooseAdapters(routing, packed, {})
-    const full = referenceTrainStep(config, weights, packed, adapters, { factors: [0.5, 2, 0.75] })
-    // each segment alone in its own batch (row indices shift: no dropout, whose masks follow the batch rows)
+    const { adapters } = chooseAdapters(routing, packed, random)
+    const full = referenceTrainStep(config, weights, packed, adapters, { ...random, factors: [0.5, 2, 0.75] })
+    // each segment alone in its own batch, from row 0 (the padding test below moves them to other T and sides)
     const lora = referenceTrainStep(
       config,
       weights,
@@ -295,7 +299,7 @@ Deno.test("referenceTrainStep: segments are independent (losses and gradients as
         padSide: "right",
       }),
       adapters,
-      { factors: [0.5] },
+      { ...random, factors: [0.5] },
     )
     const mix = referenceTrainStep(
       config,
@@ -304,7 +308,7 @@ Deno.test("referenceTrainStep: segments are independent (losses and gradients as
         padSide: "right",
       }),
       adapters,
-      { factors: [2] },
+      { ...random, factors: [2] },
     )
     const base = referenceTrainForward(
       config,
@@ -317,8 +321,8 @@ Deno.test("referenceTrainStep: segments are independent (losses and gradients as
     assert.deepEqual(full.losses, [lora.losses[0], mix.losses[0], base.losses[0]], routing)
     assert.deepEqual(full.aux, [0, mix.aux[0], 0], routing)
     const errs = [gradError(full.grads[0], lora.grads[0]), gradError(full.grads[1], mix.grads[1])]
-    // with dropout and jitter, in one layout: the other adapter's rows turned base-only change nothing
-    const opts = { dropout: { seed: 3 }, jitter: { seed: 4 } }
+    // in one layout: the other adapter's rows turned base-only change nothing
+    const opts = random
     const both = referenceTrainStep(config, weights, packed, adapters, opts)
     const noMix = referenceTrainStep(config, weights, { ...packed, segments: [SEGMENTS[0]] }, adapters, opts)
     const noLora = referenceTrainStep(config, weights, { ...packed, segments: SEGMENTS.slice(1) }, adapters, opts)
@@ -335,12 +339,15 @@ Deno.test("referenceTrainStep: segments are independent (losses and gradients as
 
 Deno.test("referenceTrainStep: left and right padding (any T, any pad id) give the same losses and gradients", () => {
   const ref = batchOf(seqs, SEGMENTS, { padSide: "left" })
+  // dropout and jitter on: their masks follow each token's position in its sequence, not its padded column
+  const random = { dropout: { seed: 5 }, jitter: { seed: 6 } }
   let worst = 0
   for (const routing of ["mixlora", "switch", "dynamic"] as const) {
-    const { adapters } = chooseAdapters(routing, ref, {})
-    const a = referenceTrainStep(config, weights, ref, adapters)
+    const { adapters } = chooseAdapters(routing, ref, random)
+    const a = referenceTrainStep(config, weights, ref, adapters, random)
     for (const [padSide, seqLen, padId] of [["right", 7, 0], ["right", 9, 22], ["left", 8, 5]] as const) {
-      const b = referenceTrainStep(config, weights, batchOf(seqs, SEGMENTS, { padSide, seqLen, padId }), adapters)
+      const batch = batchOf(seqs, SEGMENTS, { padSide, seqLen, padId })
+      const b = referenceTrainStep(config, weights, batch, adapters, random)
       assert.deepEqual(b.losses, a.losses, `${routing} ${padSide} T=${seqLen}`)
       assert.deepEqual(b.aux, a.aux, `${routing} ${padSide} T=${seqLen}`)
       const err = Math.max(gradError(b.grads[0], a.grads[0]), gradError(b.grads[1], a.grads[1]))
@@ -349,6 +356,49 @@ Deno.test("referenceTrainStep: left and right padding (any T, any pad id) give t
     }
   }
   console.log(`max rel gradient difference across paddings ${worst.toExponential(2)}`)
+})
+
+Deno.test("mask keys: a segment's dropout masks and jitter are the same at another row0, a larger T, either pad side", () => {
+  // direct: the masks of two sequences (lengths 4 and 2) at T = 5 right-padded and T = 8 left-padded
+  const lens = [4, 2]
+  const layouts = [{ T: 5, padSide: "right" }, { T: 8, padSide: "left" }, { T: 4, padSide: "left" }] as const
+  const at = (o: (typeof layouts)[number], r: number, p: number) =>
+    r * o.T + (o.padSide === "left" ? o.T - lens[r] + p : p)
+  const cols = 6
+  const masks = layouts.map((o) => dropoutMask({ p: 0.5, seed: 9, stream: 3, rows: { ...o, lengths: lens }, cols })!)
+  const noise = layouts.map((o) => jitterNoise({ j: 0.2, seed: 9, rows: { ...o, lengths: lens }, D: cols }))
+  lens.forEach((n, r) => {
+    for (let p = 0; p < n; p++) {
+      const rowOf = (v: Float32Array, k: number) =>
+        Array.from(v.subarray(at(layouts[k], r, p) * cols, (at(layouts[k], r, p) + 1) * cols))
+      for (const k of [1, 2]) {
+        assert.deepEqual(rowOf(masks[k], k), rowOf(masks[0], 0), `mask of sequence ${r} position ${p}`)
+        assert.deepEqual(rowOf(noise[k], k), rowOf(noise[0], 0), `jitter of sequence ${r} position ${p}`)
+      }
+    }
+  })
+  // through the training step: the MixLoRA segment's router probabilities (jittered) at batch rows 1–2 of the
+  // packed batch (T = 7, right padding) equal those of the segment alone at rows 0–1 (T = 10, left padding)
+  const random = { dropout: { seed: 11 }, jitter: { seed: 12 } }
+  const packed = batchOf(seqs, SEGMENTS, { padSide: "right" })
+  const alone = batchOf(seqs.slice(1, 3), [{ start: 0, end: 2, slot: 1 }], { padSide: "left", seqLen: 10 })
+  const { adapters } = chooseAdapters("mixlora", packed, random)
+  // per layer, the real tokens' P (E = 3), in token order
+  const realP = (rec: RoutingRecord[]) =>
+    rec.map((x) => Array.from(x.real).flatMap((on, i) => on ? Array.from(x.P.subarray(i * 3, (i + 1) * 3)) : []))
+  const a = realP(referenceTrainForward(config, weights, packed, adapters, random).routing)
+  const b = realP(referenceTrainForward(config, weights, alone, adapters, random).routing)
+  const plain = realP(referenceTrainForward(config, weights, alone, adapters, {}).routing)
+  assert.equal(a.length, b.length)
+  let diff = 0, jitter = 0
+  a.forEach((layer, l) =>
+    layer.forEach((v, k) => {
+      diff = Math.max(diff, Math.abs(v - b[l][k]))
+      jitter = Math.max(jitter, Math.abs(plain[l][k] - b[l][k]))
+    })
+  )
+  assert.ok(diff <= 1e-6, `router probabilities packed vs alone differ by ${diff}`)
+  assert.ok(jitter > 1e-3, `jitter changed the router probabilities by only ${jitter}`)
 })
 
 Deno.test("moeLayerSeed: one seed per (step seed, layer), distinct across layers and seeds", () => {

@@ -63,6 +63,7 @@ function fixture(
   const targets = opts.targets ?? FFN
   const real = new Uint8Array(N).fill(1)
   real[0] = 0 // left padding of one token in row 0
+  const maskRows = { T, padSide: "left" as const, lengths: [T - 1, T] }
   for (let attempt = 0; attempt < 200; attempt++) {
     const rng = Rng.fromSeed(opts.seed * 1000 + attempt)
     const x = normal(rng, N * D, 1)
@@ -81,11 +82,13 @@ function fixture(
         Object.fromEntries(FFN.map((p) => [
           p,
           Float64Array.from(
-            dropoutMask({ p: opts.dropout, seed: 99, stream: expertStream(e, p), row0: 0, N, cols: dims(p)[0] })!,
+            dropoutMask({ p: opts.dropout, seed: 99, stream: expertStream(e, p), rows: maskRows, cols: dims(p)[0] })!,
           ),
         ])))
       : null
-    const noise = opts.jitter > 0 ? Float64Array.from(jitterNoise({ j: opts.jitter, seed: 5, row0: 0, N, D })) : null
+    const noise = opts.jitter > 0
+      ? Float64Array.from(jitterNoise({ j: opts.jitter, seed: 5, rows: maskRows, D }))
+      : null
     const o: MixloraOptions = { moe, N, D, F, R, T, scale: 0.75, real, noise, masks, precision: "f64" }
     const { P } = mixloraRoute(x, layer.router, o)
     let ok = true

@@ -134,6 +134,8 @@ export function sum(terms: readonly string[], zero = "0.0"): string {
  * WGSL helpers for masks regenerated from (seed, stream, row, col) (shaders/lora_common.wgsl): the first three
  * PCG rounds depend on the row only, so a kernel hashes them once per row (`row_hash`) and one round per column.
  *   mask_hash(seed, stream, row, col) = pcg(row_hash(seed, stream, row) ^ col)
+ * `row` is the token's mask key (`mask_key` of lora_common.wgsl: its sequence within the adapter's rows and its
+ * position in that sequence), never its batch row, so that masks do not depend on the packing.
  */
 export function maskHelpers(g: Gen): void {
   g.p(

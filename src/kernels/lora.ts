@@ -12,8 +12,10 @@
  * x, y, dy, dx are batch-shaped (row row0 + i); t, dt stack the segments' rows in order (t0 = Σ N before). A and
  * B are `TensorRef`s into one f32 buffer, dA and dB into one gradient buffer; the kernels bind the range covering
  * every segment's tensors (offset aligned down to 256 bytes) and address them by element offsets from a segment
- * table in the uniform. Dropout is regenerated on the device from (seed, stream, row, col) (src/reference/lora.ts),
- * so no mask is stored or uploaded and backward reuses the forward's mask. Parameter gradients accumulate (+=):
+ * table in the uniform. Dropout is regenerated on the device from (seed, stream, key, col) (src/reference/lora.ts),
+ * so no mask is stored or uploaded and backward reuses the forward's mask. The key is the token's sequence within
+ * its segment and its position in that sequence (maskRowKey; from the batch's `MaskLayout`: T, pad side and
+ * lengths), not its batch row, so an adapter's masks are the same trained alone or packed with others. Parameter gradients accumulate (+=):
  * zero them at the start of an optimizer step (adapter_device.ts `zeroGrads`). Each output element is written by
  * one invocation of one segment with the same loop order as a lone adapter's, so packed results equal alone ones
  * bit for bit.
@@ -21,7 +23,7 @@
  */
 import { GpuValidationError } from "../errors.ts"
 import type { Binding, GpuContext, Step } from "../gpu/context.ts"
-import { dropoutParams } from "../reference/lora.ts"
+import { dropoutParams, MAX_MASK_T } from "../reference/lora.ts"
 import {
   generateLoraKernel,
   loraBindings,
@@ -111,7 +113,18 @@ export function dropoutWords(d: DropoutArgs | null | undefined): { words: number
 const PRELUDE = ["lora_common.wgsl", "lora_dims.wgsl"]
 /** Segments per dispatch (MAX_SEG of shaders/lora_dims.wgsl); longer lists take several dispatches. */
 export const LORA_MAX_SEGMENTS = 16
-const SEG_WORDS = 12
+const SEG_WORDS = 16
+
+/**
+ * How the batch's rows are padded, for the dropout masks' keys (src/reference/lora.ts maskRowKey): T tokens per
+ * row (≤ 65536), the pad side, and `lengths` (rows) u32 real tokens per batch row. Required with dropout; every
+ * segment then holds whole rows (row0 and N multiples of T).
+ */
+export interface MaskLayout {
+  readonly T: number
+  readonly padSide: "left" | "right"
+  readonly lengths: GPUBuffer
+}
 
 /** Shapes shared by every segment of a call: one projection of one layer. */
 export interface LoraCallDims {
@@ -137,9 +150,20 @@ export interface LoraSegment {
   readonly dropout?: DropoutArgs | null
 }
 
-function check(dims: LoraCallDims, segs: readonly LoraSegment[], label: string): void {
+function check(dims: LoraCallDims, segs: readonly LoraSegment[], label: string, layout?: MaskLayout | null): void {
   const guard = (ok: boolean, reason: string) => {
     if (!ok) throw new GpuValidationError({ label, reason })
+  }
+  const dropout = segs.some((s) => (s.dropout?.p ?? 0) > 0)
+  guard(!dropout || !!layout, "dropout needs the batch's mask layout (T, pad side, lengths) for the masks' keys")
+  if (layout) {
+    const { T } = layout
+    guard(Number.isInteger(T) && T >= 1, `T=${T} must be an integer ≥ 1`)
+    guard(T <= MAX_MASK_T, `T=${T} over ${MAX_MASK_T}: the masks' keys hold a position in 16 bits`)
+    for (const s of segs) {
+      guard(s.row0 % T === 0 && s.N % T === 0, `segment rows [${s.row0}, ${s.row0 + s.N}) are not whole rows of T=${T}`)
+    }
+    need(label, "lengths", layout.lengths, Math.max(...segs.map((s) => s.row0 + s.N)) / T)
   }
   const { inDim, outDim, R } = dims
   for (const [k, v] of Object.entries({ inDim, outDim, R })) {
@@ -221,6 +245,7 @@ function launch(
   segs: readonly LoraSegment[],
   use: { p?: boolean; g?: boolean },
   buffers: Readonly<Record<string, Binding>>,
+  layout: MaskLayout | null | undefined,
 ): void {
   const ctx = step.ctx
   const label = `lora_${kernel}`
@@ -244,10 +269,15 @@ function launch(
       words.set([g?.rel[2 * k] ?? 0, g?.rel[2 * k + 1] ?? 0, t0, d.words[0], d.words[1], d.words[3]], at + 4)
       floats[at + 10] = s.scale
       floats[at + 11] = d.keep
+      // mask keys: T, left, len0 (without a layout there is no dropout and the key is never used)
+      const T = layout?.T ?? 1
+      words.set([T, layout?.padSide === "left" ? 1 : 0, s.row0 / T, 0], at + 12)
       t0 += s.N
     })
     const uniform = ctx.uniform(words)
     const all: Record<string, Binding> = {
+      // without a layout `lengths` is never read (left = 0): any read-only buffer of the call fills the binding
+      lengths: layout?.lengths ?? buffers.x,
       ...buffers,
       ...(p ? { p: p.binding } : {}),
       ...(g ? { g: g.binding } : {}),
@@ -274,17 +304,17 @@ function launch(
  */
 export function loraSegmentsForward(
   step: Step,
-  args: { y: GPUBuffer; x: GPUBuffer; t: GPUBuffer },
+  args: { y: GPUBuffer; x: GPUBuffer; t: GPUBuffer; layout?: MaskLayout | null },
   segs: readonly LoraSegment[],
   dims: LoraCallDims,
 ): void {
   const label = "lora_forward"
-  check(dims, segs, label)
+  check(dims, segs, label, args.layout)
   need(label, "t", args.t, totalRows(segs) * dims.R)
   needRows(label, "x", args.x, segs, dims.inDim)
   needRows(label, "y", args.y, segs, dims.outDim)
   if (args.y === args.x) throw new GpuValidationError({ label, reason: "y aliases x" })
-  launch(step, "fwd", ["shrink", "expand"], dims, segs, { p: true }, { y: args.y, t: args.t, x: args.x })
+  launch(step, "fwd", ["shrink", "expand"], dims, segs, { p: true }, { y: args.y, t: args.t, x: args.x }, args.layout)
 }
 
 /**
@@ -294,12 +324,12 @@ export function loraSegmentsForward(
  */
 export function loraSegmentsBackward(
   step: Step,
-  args: { dy: GPUBuffer; x: GPUBuffer; dx?: GPUBuffer; t: GPUBuffer; dt: GPUBuffer },
+  args: { dy: GPUBuffer; x: GPUBuffer; dx?: GPUBuffer; t: GPUBuffer; dt: GPUBuffer; layout?: MaskLayout | null },
   segs: readonly LoraSegment[],
   dims: LoraCallDims,
 ): void {
   const label = "lora_backward"
-  check(dims, segs, label)
+  check(dims, segs, label, args.layout)
   const rows = totalRows(segs)
   need(label, "t", args.t, rows * dims.R)
   need(label, "dt", args.dt, rows * dims.R)
@@ -316,10 +346,10 @@ export function loraSegmentsBackward(
       throw new GpuValidationError({ label, reason: "dx aliases another argument" })
     }
   }
-  const { dy, t, dt, x } = args
-  launch(step, "bwd1", ["dt", "dB"], dims, segs, { p: true, g: true }, { dt, dy, t })
-  if (args.dx) launch(step, "bwd2", ["dA", "dx"], dims, segs, { p: true, g: true }, { dt, x, dx: args.dx })
-  else launch(step, "bwd2", ["dA"], dims, segs, { g: true }, { dt, x })
+  const { dy, t, dt, x, layout } = args
+  launch(step, "bwd1", ["dt", "dB"], dims, segs, { p: true, g: true }, { dt, dy, t }, layout)
+  if (args.dx) launch(step, "bwd2", ["dA", "dx"], dims, segs, { p: true, g: true }, { dt, x, dx: args.dx }, layout)
+  else launch(step, "bwd2", ["dA"], dims, segs, { g: true }, { dt, x }, layout)
 }
 
 /** One adapter's LoRA dims (the single-segment launchers). */
@@ -330,14 +360,14 @@ export interface LoraDims extends LoraCallDims {
   readonly N: number
   /** loraScale(spec) */
   readonly scale: number
-  /** absent or p = 0: no dropout (evaluation) */
+  /** absent or p = 0: no dropout (evaluation); else args.layout is required */
   readonly dropout?: DropoutArgs | null
 }
 
 /** `loraSegmentsForward` for one adapter (t holds its N rows). */
 export function loraForward(
   step: Step,
-  args: { y: GPUBuffer; x: GPUBuffer; a: TensorRef; b: TensorRef; t: GPUBuffer },
+  args: { y: GPUBuffer; x: GPUBuffer; a: TensorRef; b: TensorRef; t: GPUBuffer; layout?: MaskLayout | null },
   dims: LoraDims,
 ): void {
   const { row0, N, scale, dropout } = dims
@@ -357,6 +387,7 @@ export function loraBackward(
     db: TensorRef
     t: GPUBuffer
     dt: GPUBuffer
+    layout?: MaskLayout | null
   },
   dims: LoraDims,
 ): void {

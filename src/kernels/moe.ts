@@ -4,7 +4,9 @@
  * that share a kernel variant (`mixloraKernelKey`) and a parameter buffer (a slab of the adapter arena) run each
  * stage in ONE dispatch (per 16 adapters), each adapter a segment with its own router, experts, routing
  * settings, masks and rows (shaders/moe_common.wgsl describes the segment table). A segment computes exactly what
- * it computes alone (same code, same summation order), so packed results equal per-adapter results bit for bit. The math and its stage names are those of
+ * it computes alone (same code, same summation order, and masks / jitter keyed by each token's sequence within
+ * the segment and position in that sequence, `token_key`, not by its batch row), so packed results equal
+ * per-adapter results bit for bit, at any row0, T or pad side. The math and its stage names are those of
  * src/reference/mixlora.ts (the oracle). Routing kernels are files (shaders/moe_route, moe_lists, moe_bwd_router,
  * moe_aux .wgsl); the expert kernels are generated register-tile code (src/kernels/moe_codegen.ts, where each
  * is described). The efficient form:
@@ -36,7 +38,7 @@
 import { GpuValidationError } from "../errors.ts"
 import type { Binding, GpuContext, Step } from "../gpu/context.ts"
 import { FFN_PROJECTIONS, type FfnProjection, type MoeSpec } from "../model/adapter.ts"
-import { jitterParams } from "../reference/lora.ts"
+import { jitterParams, MAX_MASK_T } from "../reference/lora.ts"
 import { moeSlots } from "../reference/mixlora.ts"
 import { ACT, activationOf } from "../reference/swiglu.ts"
 import { dropoutWords, grid1d, preludedPipeline, spanBinding } from "./lora.ts"
@@ -82,7 +84,7 @@ export interface MixloraDims {
   readonly row0: number
   /** tokens (a multiple of T) */
   readonly N: number
-  /** tokens per sequence (capacity groups, padding) */
+  /** tokens per sequence (capacity groups, padding, the masks' keys), at most 65536 */
   readonly T: number
   readonly padSide: "left" | "right"
   readonly D: number
@@ -349,6 +351,7 @@ function checkSegment(d: MixloraDims, guard: (ok: boolean, reason: string) => vo
   }
   guard(Number.isInteger(row0) && row0 >= 0 && row0 % T === 0, `row0=${row0} must be a multiple of T=${T}`)
   guard(N % T === 0, `N=${N} must be a multiple of T=${T} (whole sequences)`)
+  guard(T <= MAX_MASK_T, `T=${T} over ${MAX_MASK_T}: the masks' keys hold a position in 16 bits`)
   const E = moe.numExperts
   guard(E <= 32, `E=${E} over the kernels' 32 experts`)
   guard(R <= 64, `R=${R} over the kernels' 64 ranks`)
@@ -483,7 +486,7 @@ export function mixloraSegmentsForward(
   run(step, c, "moe_lists.wgsl", [s.list, s.counts, s.sel, s.expertOf, s.w, stats, s.P, lengths], () => [E, 1])
   const hs = scratch.hs
   const lists = { list: s.list, counts: s.counts }
-  runGenerated(step, c, "fwd_experts", { ...lists, t: s.t, hs, expert_of: s.expertOf, x, g0, u0 }, {
+  runGenerated(step, c, "fwd_experts", { ...lists, t: s.t, hs, expert_of: s.expertOf, x, g0, u0, lengths }, {
     invocations: (n) => Math.ceil(n / moeListTile(R)),
     z: E + 1,
   })
@@ -597,13 +600,13 @@ export function mixloraSegmentsBackward(
   c.need("dlogits", sc.dlogits, Nt * E)
   const pair = { t: s.t, wt: s.w, expert_of: s.expertOf, hs: sc.hs, dts: sc.dts }
   const lists = { list: s.list, counts: s.counts }
-  runGenerated(step, c, "bwd_experts", { ...pair, ...lists, dw: sc.dw, dy, dmix, g0, u0 }, {
+  runGenerated(step, c, "bwd_experts", { ...pair, ...lists, dw: sc.dw, dy, dmix, g0, u0, lengths }, {
     invocations: (n) => Math.ceil(n / moeListTile(R)),
     z: E,
   })
   const router = [sc.dlogits, s.P, sc.dw, s.w, s.expertOf, args.aux ?? s.P, lengths]
   run(step, c, "moe_bwd_router.wgsl", router, (n) => grid1d(ctx, n))
-  const grads = { ...pair, ...lists, dg0, du0, x, dlogits: sc.dlogits, dy }
+  const grads = { ...pair, ...lists, dg0, du0, x, dlogits: sc.dlogits, dy, lengths }
   runGenerated(step, c, "bwd_grads", grads, { dims: { D, F } })
 }
 
@@ -616,19 +619,24 @@ export function mixloraExpertsBackward(
   mixloraSegmentsBackward(step, args, [{ params: args.params, dims, auxRow: args.aux ? 0 : null }])
 }
 
-/** dx[rows] += every segment's input gradient (expert gate/up LoRA and router), after dx = dg0 W1 + du0 W3. */
+/**
+ * dx[rows] += every segment's input gradient (expert gate/up LoRA and router), after dx = dg0 W1 + du0 W3;
+ * `lengths` (rows) u32 as in the forward (the masks' keys).
+ */
 export function mixloraSegmentsInputBackward(
   step: Step,
-  args: { dx: GPUBuffer; saved: MixloraSavedBuffers; scratch: MixloraScratch },
+  args: { dx: GPUBuffer; lengths: GPUBuffer; saved: MixloraSavedBuffers; scratch: MixloraScratch },
   segs: readonly MixloraSegment[],
 ): void {
   const c = prepare(step, segs)
   needRows(c, segs, { dx: args.dx }, segs[0].dims.D)
+  needRows(c, segs, { lengths: args.lengths }, 1, { perSequence: true })
   checkSaved(c, args.saved)
   c.need("dts", args.scratch.dts, 3 * c.Nt * c.S * c.R)
   c.need("dlogits", args.scratch.dlogits, c.Nt * c.E)
   const sc = args.scratch
-  runGenerated(step, c, "bwd_dx", { dx: args.dx, dts: sc.dts, dlogits: sc.dlogits, expert_of: args.saved.expertOf }, {
+  const { dx, lengths } = args
+  runGenerated(step, c, "bwd_dx", { dx, dts: sc.dts, dlogits: sc.dlogits, expert_of: args.saved.expertOf, lengths }, {
     invocations: (n) => n,
   })
 }
@@ -636,7 +644,13 @@ export function mixloraSegmentsInputBackward(
 /** One adapter's `mixloraSegmentsInputBackward`. */
 export function mixloraInputBackward(
   step: Step,
-  args: { dx: GPUBuffer; params: MixloraParamRefs; saved: MixloraSavedBuffers; scratch: MixloraScratch },
+  args: {
+    dx: GPUBuffer
+    lengths: GPUBuffer
+    params: MixloraParamRefs
+    saved: MixloraSavedBuffers
+    scratch: MixloraScratch
+  },
   dims: MixloraDims,
 ): void {
   mixloraSegmentsInputBackward(step, args, [{ params: args.params, dims }])

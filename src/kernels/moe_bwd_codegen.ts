@@ -12,6 +12,7 @@ import {
   ci,
   has,
   ifPair,
+  jitterRow,
   keep,
   listBase,
   maskRow,
@@ -272,7 +273,7 @@ function router(g: Gen, s: MoeKernelSpec): void {
   g.p(`    for (var i = 0u; i < u_N; i++) {`)
   g.p(`      let gi = u_row0 + i;`)
   g.p(`      let li = u_loc0 + i;`)
-  g.p(`      let hj = row_hash(u_jit_seed, 7u, gi);`)
+  g.p(`      let hj = ${jitterRow()};`)
   g.p(`      let xv = x[${ci(g, "gi * u_D + k0")}] * jitter_w(u_jit, hj, dims.jit_lo, dims.jit_span, k0);`)
   for (const e of range(0, E)) g.p(`      r_${e} = r_${e} + dlogits[li * ${E}u + ${e}u] * xv;`)
   g.p(`    }`)
@@ -315,7 +316,7 @@ export function bwdDx(g: Gen, s: MoeKernelSpec): void {
     g.p(`  }`)
   }
   for (const e of range(0, E)) g.p(`  let dl_${e} = dlogits[li * ${E}u + ${e}u];`)
-  g.p(`  let hj = row_hash(u_jit_seed, 7u, gi);`)
+  g.p(`  let hj = ${jitterRow()};`)
   g.p(`  for (var d = 0u; d < u_D; d += ${g.wu}) {`)
   const terms = range(0, E).map((e) => `dl_${e} * p[${ci(g, `u_router + ${e}u * u_D + d`)}]`)
   g.p(`    let xi = ${ci(g, "xb + d")};`)

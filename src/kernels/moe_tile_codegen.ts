@@ -85,8 +85,15 @@ export function ifPair(g: Gen, m: number, indent: string, body: () => void): voi
   g.p(`${indent}}`)
 }
 
-/** mask row hash of expert e's projection (0 gate, 1 up, 2 down) on batch row `row` */
-export const maskRow = (proj: number, row = "gi"): string => `row_hash(u_drop_seed, 8u + 3u * e + ${proj}u, ${row})`
+/**
+ * mask row hash of expert e's projection (0 gate, 1 up, 2 down) for batch row `row`, keyed by the token's mask key
+ * (`key_of`, emitted by moe_codegen.ts: its sequence in the segment and position in it), not by the row
+ */
+export const maskRow = (proj: number, row = "gi"): string =>
+  `row_hash(u_drop_seed, 8u + 3u * e + ${proj}u, key_of(${row}))`
+
+/** row hash of the router jitter (stream 7) of batch row `row` (keyed like `maskRow`) */
+export const jitterRow = (row = "gi"): string => `row_hash(u_jit_seed, 7u, key_of(${row}))`
 
 /** expert dropout multipliers (chunk) of columns col .. col + w − 1 for the row hash hr */
 export const keep = (hr: string, col: string): string => `keep_w(u_drop, ${hr}, u_thr, dims.keep, ${col})`

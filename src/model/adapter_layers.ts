@@ -10,7 +10,13 @@
  */
 import type { BufferPool } from "../gpu/pool.ts"
 import type { Step } from "../gpu/context.ts"
-import { type DropoutArgs, type LoraSegment, loraSegmentsBackward, loraSegmentsForward } from "../kernels/lora.ts"
+import {
+  type DropoutArgs,
+  type LoraSegment,
+  loraSegmentsBackward,
+  loraSegmentsForward,
+  type MaskLayout,
+} from "../kernels/lora.ts"
 import { loraScale, projectionShape } from "./adapter.ts"
 import { type DeviceAdapter, loraRefs } from "./adapter_device.ts"
 import { type LlamaConfig, type Projection, PROJECTIONS } from "./types.ts"
@@ -78,7 +84,10 @@ function callsOf(config: LlamaConfig, adapters: readonly AdapterRows[], layer: n
   }))
 }
 
-/** y[rows] += LoRA_p(x[rows]) for every adapter of the batch with LoRA on layer `layer`'s projection `p`. */
+/**
+ * y[rows] += LoRA_p(x[rows]) for every adapter of the batch with LoRA on layer `layer`'s projection `p`.
+ * `io.layout` (the batch's T, pad side and lengths buffer) keys the dropout masks; required when training.
+ */
 export function loraProjectionForward(
   step: Step,
   config: LlamaConfig,
@@ -86,17 +95,18 @@ export function loraProjectionForward(
   saved: LoraSaved,
   layer: number,
   p: Projection,
-  io: { x: GPUBuffer; y: GPUBuffer },
+  io: { x: GPUBuffer; y: GPUBuffer; layout?: MaskLayout | null },
 ): void {
   for (const c of callsOf(config, adapters, layer, p)) {
     const t = saved.get(layer, p, c.group, c.rows * c.dims.R)
-    loraSegmentsForward(step, { y: io.y, x: io.x, t }, c.segs, c.dims)
+    loraSegmentsForward(step, { ...io, t }, c.segs, c.dims)
   }
 }
 
 /**
  * The backward of `loraProjectionForward`: dA, dB += (into each adapter's gradient block) and, when `dx` is
- * given, dx[rows] += the LoRA input gradient (after the frozen weight's dx was written).
+ * given, dx[rows] += the LoRA input gradient (after the frozen weight's dx was written); `io.layout` as in the
+ * forward.
  */
 export function loraProjectionBackward(
   step: Step,
@@ -106,17 +116,18 @@ export function loraProjectionBackward(
   pool: BufferPool,
   layer: number,
   p: Projection,
-  io: { x: GPUBuffer; dy: GPUBuffer; dx?: GPUBuffer },
+  io: { x: GPUBuffer; dy: GPUBuffer; dx?: GPUBuffer; layout?: MaskLayout | null },
 ): void {
   for (const c of callsOf(config, adapters, layer, p)) {
     const t = saved.get(layer, p, c.group, c.rows * c.dims.R)
     const dt = pool.acquire("lora dt", c.rows * c.dims.R * 4)
-    loraSegmentsBackward(step, { dy: io.dy, x: io.x, dx: io.dx, t, dt }, c.segs, c.dims)
+    loraSegmentsBackward(step, { ...io, t, dt }, c.segs, c.dims)
     // dt is consumed by the dispatches just recorded; reusing it later in the same pass is ordered after them
     pool.release(dt)
   }
 }
 
+export type { MaskLayout } from "../kernels/lora.ts"
 // the MixLoRA FFN layers live in moe_layers.ts; re-exported so that callers import one module
 export {
   moeAux,

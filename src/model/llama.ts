@@ -169,6 +169,8 @@ export class LlamaModel {
     const eps = c.rmsNormEps
     const shape = { rows: batch.rows, T: batch.seqLen, H, KV, Dh, padSide: batch.padSide }
     const act = activationOf(c.hiddenAct)
+    // the dropout masks' keys: each token's sequence within its adapter's rows and its position in it
+    const layout = { T: batch.seqLen, padSide: batch.padSide, lengths: bufs.lengths }
     embeddingForward(step, { x: bufs.layers[0].xIn, tokens: bufs.tokens, embed: this.base.embed }, { N, D, V })
     this.base.layers.forEach((w, i) => {
       const a = bufs.layers[Math.min(i, bufs.layers.length - 1)]
@@ -176,7 +178,7 @@ export class LlamaModel {
       // frozen projection over all rows, then each adapter's LoRA on its own rows
       const proj = (p: Projection, x: GPUBuffer, y: GPUBuffer, accumulate = false) => {
         linear(step, { x, w: w.proj[p], y }, { M: N, accumulate })
-        if (adapters.length) loraProjectionForward(step, c, adapters, saved, i, p, { x, y })
+        if (adapters.length) loraProjectionForward(step, c, adapters, saved, i, p, { x, y, layout })
       }
       rmsnormForward(step, { y: a.n1, rstd: a.rstd1, x: a.xIn, w: w.inputNorm }, { N, D, eps })
       proj("q_proj", a.n1, a.q)

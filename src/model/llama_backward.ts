@@ -62,8 +62,9 @@ export function encodeBackward(
   const gscale = f("gscale", N), dx = f("dx", N * D), dn = f("dn", N * D), dh = f("dh", N * F)
   const dattn = f("dattn", N * H * Dh), dq = f("dq", N * H * Dh), dk = f("dk", N * KV * Dh)
   const dv = f("dv", N * KV * Dh), stats = f("attn stats", batch.rows * H * batch.seqLen * 2)
+  const layout = { T: batch.seqLen, padSide: batch.padSide, lengths: bufs.lengths }
   const lora = (layer: number, p: Projection, io: { x: GPUBuffer; dy: GPUBuffer; dx?: GPUBuffer }) => {
-    if (adapters.length) loraProjectionBackward(step, c, adapters, saved, pool, layer, p, io)
+    if (adapters.length) loraProjectionBackward(step, c, adapters, saved, pool, layer, p, { ...io, layout })
   }
 
   const dgm = moe?.entries.length ? f("moe dg0", N * F) : null, dum = moe?.entries.length ? f("moe du0", N * F) : null
@@ -113,7 +114,7 @@ export function encodeBackward(
     linearBackwardInput(step, { dy: a.u, w: w.proj.up_proj, dx: dn }, { M: N, accumulate: true })
     lora(i, "gate_proj", { x: a.n2, dy: a.g, dx: dn })
     lora(i, "up_proj", { x: a.n2, dy: a.u, dx: dn })
-    if (moe) moeInputBackward(step, c, moe, i, batch, dn)
+    if (moe) moeInputBackward(step, c, moe, i, batch, { dx: dn, lengths: bufs.lengths })
     rmsnormBackward(step, { dx, dy: dn, x: a.xMid, w: w.postAttentionNorm, rstd: a.rstd2 }, {
       N,
       D,

@@ -242,17 +242,20 @@ export function moeExpertsBackward(
   })
 }
 
-/** dx[rows] += each MixLoRA adapter's input gradient (expert gate/up LoRA and router) of layer `layer`. */
+/**
+ * dx[rows] += each MixLoRA adapter's input gradient (expert gate/up LoRA and router) of layer `layer`; `lengths`
+ * the batch's (rows) u32 lengths, as in the forward (the masks' keys).
+ */
 export function moeInputBackward(
   step: Step,
   _config: LlamaConfig,
   state: MoeState,
   layer: number,
   batch: BatchLayout,
-  dx: GPUBuffer,
+  io: { dx: GPUBuffer; lengths: GPUBuffer },
 ): void {
   state.segments(layer, batch).forEach((segs, k) => {
     const g = state.groups[k]
-    mixloraSegmentsInputBackward(step, { dx, saved: g.saved[layer], scratch: g.scratch }, segs)
+    mixloraSegmentsInputBackward(step, { ...io, saved: g.saved[layer], scratch: g.scratch }, segs)
   })
 }

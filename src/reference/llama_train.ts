@@ -20,9 +20,12 @@
  * gradient and are never routed, so padding changes no result.
  *
  * Random streams (src/reference/lora.ts maskHash: a mask value is a pure function of (seed, stream, row, col)).
- * `row` is always the GLOBAL token row of the packed batch, r·T + t (pad positions included), as the kernels
- * number it (src/kernels/lora.ts and shaders/moe_*.wgsl: gi = row0 + i with row0 = segment.start · T). So masks
- * depend on where a token sits in the packed batch (not on its adapter or its position in the sequence):
+ * `row` is the token's key within its own adapter's micro-batch (src/reference/lora.ts maskRowKey):
+ * r_local · 65536 + p, with r_local = the batch row's index within its segment (row − segment.start) and p the
+ * token's position in its own sequence (right padding p = t; left padding p = t − (T − len)), as the kernels
+ * key it (src/kernels/lora.ts and shaders/moe_*.wgsl: mask_key of shaders/lora_common.wgsl). So an adapter's
+ * masks do not depend on where it sits in a packed batch, on the batch's padded length T or on the pad side:
+ * it draws the same masks trained alone as packed with others.
  *   - plain LoRA dropout on layer ℓ, projection p (any adapter kind, e.g. MixLoRA attention LoRA):
  *       seed = dropout.seed, stream = ℓ · 7 + PROJECTIONS.indexOf(p)   (src/model/adapter_layers.ts)
  *   - MixLoRA FFN of layer ℓ: the MoE kernels use fixed streams (jitter STREAM.jitter = 7, expert e's dropout
@@ -66,6 +69,7 @@ import {
   type LoraDims,
   loraForward,
   maskHash,
+  type MaskRows,
   type Precision,
   type Vec,
 } from "./lora.ts"
@@ -163,6 +167,8 @@ interface Segment {
   /** first token row (start · T) and token count ((end − start) · T) */
   readonly row0: number
   readonly n: number
+  /** the segment's sequences as the mask keys see them (its rows' lengths, T, pad side) */
+  readonly rows: MaskRows
 }
 
 interface LayerSaved {
@@ -240,8 +246,7 @@ function forward(
           p: spec.dropout,
           seed: opts.dropout.seed,
           stream: l * PROJECTIONS.length + PROJECTIONS.indexOf(p),
-          row0: sg.row0,
-          N: sg.n,
+          rows: sg.rows,
           cols: inDim,
         })
         : null
@@ -423,7 +428,8 @@ function segmentsOf(batch: BatchDescriptor, adapters: readonly AdapterWeights[],
     if (adapter && adapter.layers.length !== L) {
       throw new RangeError(`adapter ${adapter.spec.name}: ${adapter.layers.length} layers, model has ${L}`)
     }
-    return { s, slot: seg.slot, adapter, row0: seg.start * T, n: (seg.end - seg.start) * T }
+    const rows = { T, padSide: batch.padSide, lengths: batch.lengths.slice(seg.start, seg.end) }
+    return { s, slot: seg.slot, adapter, row0: seg.start * T, n: (seg.end - seg.start) * T, rows }
   })
 }
 
@@ -476,15 +482,14 @@ function moeOptions(
           p: spec.dropout,
           seed: drop,
           stream: expertStream(e, p),
-          row0: sg.row0,
-          N: sg.n,
+          rows: sg.rows,
           cols: p === "down_proj" ? F : D,
         }),
       ]),
     )
   )
   const noise = opts.jitter && moe.jitterNoise > 0
-    ? jitterNoise({ j: moe.jitterNoise, seed: moeLayerSeed(opts.jitter.seed, l), row0: sg.row0, N: sg.n, D })
+    ? jitterNoise({ j: moe.jitterNoise, seed: moeLayerSeed(opts.jitter.seed, l), rows: sg.rows, D })
     : null
   return {
     moe,

@@ -13,9 +13,14 @@
  * Random streams. A dropout mask or a jitter factor is a pure function of (seed, stream, row, col):
  *   h = pcg(pcg(pcg(pcg(seed) ^ stream) ^ row) ^ col)   (PCG-RXS-M-XS 32-bit output permutation, u32 arithmetic)
  * so the GPU regenerates exactly the host's mask in forward and backward without storing or uploading it.
- * `row` is the token's index in the packed batch (row0 + i), `col` the feature index. Streams within one
- * (step, layer, adapter) seed are fixed by `STREAM`: plain LoRA uses the projection's index in PROJECTIONS,
- * MixLoRA jitter and per-expert dropout have their own (see `expertStream`).
+ * `col` is the feature index; `row` is the token's key within its adapter's micro-batch (`maskRowKey`):
+ *   row = r · 65536 + p     r = the sequence's index in the adapter's micro-batch (0 for its first row),
+ *                            p = the token's position in its own sequence (right padding p = t, left padding
+ *                                p = t − (T − len_r); u32 wrap-around on left pads, whose results are unused)
+ * so an adapter draws the same masks whether it trains alone or packed with others (any row0, any padded T,
+ * either pad side); T ≤ 65536 keeps the keys of different rows apart. Streams within one (step, layer,
+ * adapter) seed are fixed by `STREAM`: plain LoRA uses the projection's index in PROJECTIONS, MixLoRA jitter
+ * and per-expert dropout have their own (see `expertStream`).
  *   dropout: keep ⇔ h ≥ thr, thr = min(2³² − 1, round(p · 2³²)); kept values are multiplied by fround(1/(1−p))
  *   jitter:  factor = (1 − j) + 2j · u, u = (h >>> 8) · 2⁻²⁴ ∈ [0, 1)   (torch's uniform_(1 − j, 1 + j))
  * @module
@@ -65,19 +70,51 @@ export function dropoutParams(p: number): { thr: number; keepScale: number } {
   return { thr: Math.min(0xffffffff, Math.round(p * 2 ** 32)), keepScale: Math.fround(1 / (1 - p)) }
 }
 
+/** How an adapter's N = rows · T tokens sit in their sequences: the mask keys' inputs (`maskRowKey`). */
+export interface MaskRows {
+  /** tokens per row (padded sequence length), at most 65536 */
+  readonly T: number
+  readonly padSide: "left" | "right"
+  /** (rows) real tokens of each of the adapter's sequences, in order */
+  readonly lengths: ArrayLike<number>
+}
+
+/** Largest T the mask keys allow (positions take the low 16 bits of a key). */
+export const MAX_MASK_T = 65536
+
 /**
- * (N, cols) dropout multipliers for tokens row0..row0+N−1: 0 (dropped) or fround(1/(1−p)); null when p = 0
- * (no dropout, e.g. evaluation).
+ * Mask row key (u32) of the adapter-local token i = r·T + t: r · 65536 + p with p its position in its sequence,
+ * t (right padding) or t − (T − len_r) (left padding), in u32 arithmetic like `mask_key` in
+ * shaders/lora_common.wgsl (a left pad's negative p wraps around; pads never use their masks).
+ */
+export function maskRowKey(i: number, rows: MaskRows): number {
+  const { T } = rows
+  const r = Math.floor(i / T), t = i % T
+  const p = rows.padSide === "left" ? t - (T - rows.lengths[r]) : t
+  return (r * 65536 + p) >>> 0
+}
+
+function checkRows(rows: MaskRows): number {
+  const { T, lengths } = rows
+  if (!(Number.isInteger(T) && T >= 1 && T <= MAX_MASK_T)) throw new RangeError(`mask rows: T=${T} not in [1, 65536]`)
+  return lengths.length * T
+}
+
+/**
+ * (N, cols) dropout multipliers for the adapter's N = rows · T tokens (keys `maskRowKey`): 0 (dropped) or
+ * fround(1/(1−p)); null when p = 0 (no dropout, e.g. evaluation).
  */
 export function dropoutMask(
-  opts: { p: number; seed: number; stream: number; row0: number; N: number; cols: number },
+  opts: { p: number; seed: number; stream: number; rows: MaskRows; cols: number },
 ): Float32Array | null {
   if (opts.p === 0) return null
   const { thr, keepScale } = dropoutParams(opts.p)
-  const m = new Float32Array(opts.N * opts.cols)
-  for (let i = 0; i < opts.N; i++) {
+  const N = checkRows(opts.rows)
+  const m = new Float32Array(N * opts.cols)
+  for (let i = 0; i < N; i++) {
+    const key = maskRowKey(i, opts.rows)
     for (let c = 0; c < opts.cols; c++) {
-      m[i * opts.cols + c] = maskHash(opts.seed, opts.stream, opts.row0 + i, c) >= thr ? keepScale : 0
+      m[i * opts.cols + c] = maskHash(opts.seed, opts.stream, key, c) >= thr ? keepScale : 0
     }
   }
   return m
@@ -89,13 +126,15 @@ export function jitterParams(j: number): { lo: number; span: number } {
   return { lo: Math.fround(1 - j), span: Math.fround(2 * j) }
 }
 
-/** (N, D) router-input jitter factors U(1 − j, 1 + j) for tokens row0..row0+N−1 (stream STREAM.jitter). */
-export function jitterNoise(opts: { j: number; seed: number; row0: number; N: number; D: number }): Float32Array {
+/** (N, D) router-input jitter factors U(1 − j, 1 + j) for the adapter's N = rows · T tokens (stream STREAM.jitter). */
+export function jitterNoise(opts: { j: number; seed: number; rows: MaskRows; D: number }): Float32Array {
   const { lo, span } = jitterParams(opts.j)
-  const n = new Float32Array(opts.N * opts.D)
-  for (let i = 0; i < opts.N; i++) {
+  const N = checkRows(opts.rows)
+  const n = new Float32Array(N * opts.D)
+  for (let i = 0; i < N; i++) {
+    const key = maskRowKey(i, opts.rows)
     for (let d = 0; d < opts.D; d++) {
-      const u = (maskHash(opts.seed, STREAM.jitter, opts.row0 + i, d) >>> 8) * 2 ** -24
+      const u = (maskHash(opts.seed, STREAM.jitter, key, d) >>> 8) * 2 ** -24
       n[i * opts.D + d] = Math.fround(lo + Math.fround(span * u))
     }
   }

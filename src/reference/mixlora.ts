@@ -27,7 +27,9 @@
  *
  * Interpretation decisions (MoE-PEFT / m-LoRA differences noted):
  * - jitter multiplies the router input only (spec §3); MoE-PEFT's "mixlora" block scales hidden_states in place,
- *   so its experts also see the jittered input. The factors are a pure function of (seed, token row, feature).
+ *   so its experts also see the jittered input. The factors are a pure function of (seed, token key, feature),
+ *   the key being the token's sequence in the adapter's micro-batch and its position in that sequence
+ *   (src/reference/lora.ts maskRowKey), so they do not depend on where the adapter sits in a packed batch.
  * - switch: capacity counts real tokens per sequence in position order (MoE-PEFT: cumsum over the sequence dim,
  *   pads included); a dropped token contributes 0, not MoE-PEFT's P_max · x, which the layer's residual add would
  *   turn into x + P_max · x — the "double residual" the spec rules out. Its weight gets no gradient.
@@ -81,9 +83,12 @@ export interface MixloraOptions {
   readonly scale: number
   /** (N) 1 for real tokens, 0 for padding */
   readonly real: Uint8Array
-  /** (N, D) router-input jitter factors, or null (no jitter) */
+  /** (N, D) router-input jitter factors (src/reference/lora.ts jitterNoise), or null (no jitter) */
   readonly noise?: Vec | null
-  /** masks[e][proj]: (N, in) dropout multipliers of expert e's LoRA input, absent or null for none */
+  /**
+   * masks[e][proj]: (N, in) dropout multipliers of expert e's LoRA input (src/reference/lora.ts dropoutMask,
+   * stream expertStream(e, proj)), absent or null for none
+   */
   readonly masks?: readonly Partial<Record<FfnProjection, Vec | null>>[] | null
   readonly precision?: Precision
 }
