@@ -11,10 +11,12 @@
 // queries, and the 4 × 8 scores live in 8 vec4 registers. The output rows double as the accumulators
 // (read-modify-write per key block), so there is no private array and no limit on Dh. Measured at
 // T = 512, Dh = 64 on 2 cores: ~5 GFLOP/s, against ~1.5 for one query per thread with private arrays.
-// q/k/v/out are read as f32 in groups of 4 (D4 = ceil(Dh/4) groups per head); when Dh is not a multiple of
-// 4 (ALIGNED = false) the last group is masked on load and store.
+// The last key block scales the accumulator by 1 / l as it stores it, so out is not read back at the end.
+// q/k/v/out are accessed in groups of 4 (D4 = ceil(Dh/4) groups per head) through a prelude chosen by the
+// launcher: attention_io_vec4.wgsl (Dh % 4 == 0: one vec4 load/store per group, 4× fewer memory instructions)
+// or attention_io_scalar.wgsl (four f32 accesses, the last group of a head masked).
 //
-// Bindings:
+// Bindings (1, 3, 4, 5 declared by the prelude):
 //   0 dims     uniform      Dims {rows, T, H, KV, Dh, left, scale}
 //   1 out      (N, H, Dh)   f32, read_write   =
 //   2 lse      (rows, H, T) f32, read_write   =
@@ -22,7 +24,10 @@
 //   4 k        (N, KV, Dh)  f32, read         after rope
 //   5 v        (N, KV, Dh)  f32, read
 //   6 lengths  (rows)       u32, read
-// Grid: (ceil(T / (4·WG)), H, rows); thread lid.x of group x owns queries 4·(x·WG + lid.x) + 0..3.
+// Grid: (gx, H, gz) folding ceil(rows · ceil(T/4) / WG) groups into x and z; flat thread t = (z·gx + x)·WG + lid.x
+// owns queries 4·(t / rows) + 0..3 of row t % rows. Rows vary fastest so that the lanes of a SIMD group share
+// their query block and walk equally many key blocks (the causal triangle makes the trip count grow with the
+// block; with blocks fastest a group's lanes would wait for its last block's).
 // Reference: src/reference/attention.ts attentionForward
 
 struct Dims {
@@ -36,65 +41,14 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(3) var<storage, read> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k: array<f32>;
-@group(0) @binding(5) var<storage, read> v: array<f32>;
 @group(0) @binding(6) var<storage, read> lengths: array<u32>;
+// bindings 1 out, 3 q, 4 k, 5 v and their group-of-4 accessors ld_q, ld_k, ld_v, ld_out, st_out(o, d, x) (o: the
+// head row's first element, d: the group) come from the prelude
 
 override WG: u32 = 8u;
-/** Dh % 4 == 0: no masking of the last group of 4 */
-override ALIGNED: bool = true;
 
 const NEG: f32 = -3.0e38;
-
-/** which of the 4 elements of group d of a head are inside Dh */
-fn in_head(d: u32) -> vec4<bool> {
-  return vec4<u32>(4u * d) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(dims.Dh);
-}
-
-// loads of elements 4d .. 4d+3 of the head row starting at element o; masked elements read as 0
-fn ld_q(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  let x = vec4<f32>(q[e], q[e + 1u], q[e + 2u], q[e + 3u]);
-  return select(select(vec4<f32>(0.0), x, in_head(d)), x, ALIGNED);
-}
-
-fn ld_k(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  let x = vec4<f32>(k[e], k[e + 1u], k[e + 2u], k[e + 3u]);
-  return select(select(vec4<f32>(0.0), x, in_head(d)), x, ALIGNED);
-}
-
-fn ld_v(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  let x = vec4<f32>(v[e], v[e + 1u], v[e + 2u], v[e + 3u]);
-  return select(select(vec4<f32>(0.0), x, in_head(d)), x, ALIGNED);
-}
-
-fn ld_out(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  let x = vec4<f32>(out[e], out[e + 1u], out[e + 2u], out[e + 3u]);
-  return select(select(vec4<f32>(0.0), x, in_head(d)), x, ALIGNED);
-}
-
-fn st_out(o: u32, d: u32, x: vec4<f32>) {
-  let e = o + 4u * d;
-  if (ALIGNED) {
-    out[e] = x.x;
-    out[e + 1u] = x.y;
-    out[e + 2u] = x.z;
-    out[e + 3u] = x.w;
-  } else {
-    // the tail group must not touch the next head's first elements
-    let m = in_head(d);
-    out[e] = x.x;
-    if (m.y) { out[e + 1u] = x.y; }
-    if (m.z) { out[e + 2u] = x.z; }
-    if (m.w) { out[e + 3u] = x.w; }
-  }
-}
 
 /** (x·a, x·b, x·c, x·d): one query against 4 keys */
 fn dots(x: vec4<f32>, a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
@@ -128,17 +82,22 @@ fn softmax_step(m: f32, sa: vec4<f32>, sb: vec4<f32>, n: i32) -> Block {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
   let T = dims.T;
   let H = dims.H;
   let Dh = dims.Dh;
   let D4 = (Dh + 3u) / 4u;
   let h = wid.y;
-  let r = wid.z;
-  let ib = (wid.x * WG + lid.x) * 4u;
-  if (ib >= T) {
+  let t = (wid.z * nwg.x + wid.x) * WG + lid.x;
+  if (t >= dims.rows * ((T + 3u) / 4u)) {
     return;
   }
+  let r = t % dims.rows;
+  let ib = (t / dims.rows) * 4u;
   let len = lengths[r];
   let start = select(0u, T - len, dims.left != 0u);
   let end = start + len;
@@ -221,7 +180,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     m1 = p1.m;
     m2 = p2.m;
     m3 = p3.m;
-    // out_q ← out_q · corr_q + Σ_b p_qb v_b   (the first block writes without reading)
+    // out_q ← out_q · corr_q + Σ_b p_qb v_b   (the first block writes without reading); the last block stores
+    // out_q / l_q, or 0 for a pad query
+    let last = j0 + 8u > jmax;
+    let f0 = final_scale(last, l0, i0, start, end);
+    let f1 = final_scale(last, l1, i1, start, end);
+    let f2 = final_scale(last, l2, i2, start, end);
+    let f3 = final_scale(last, l3, i3, start, end);
     for (var d = 0u; d < D4; d++) {
       let v0 = ld_v(ko0, d);
       let v1 = ld_v(ko1, d);
@@ -235,53 +200,77 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       if (!first) {
         a += ld_out(qo0, d) * p0.corr;
       }
-      st_out(qo0, d, a);
+      st_out(qo0, d, scaled(a, f0));
       if (live1) {
         a = mix8(p1.pa, p1.pb, v0, v1, v2, v3, v4, v5, v6, v7);
         if (!first) {
           a += ld_out(qo1, d) * p1.corr;
         }
-        st_out(qo1, d, a);
+        st_out(qo1, d, scaled(a, f1));
       }
       if (live2) {
         a = mix8(p2.pa, p2.pb, v0, v1, v2, v3, v4, v5, v6, v7);
         if (!first) {
           a += ld_out(qo2, d) * p2.corr;
         }
-        st_out(qo2, d, a);
+        st_out(qo2, d, scaled(a, f2));
       }
       if (live3) {
         a = mix8(p3.pa, p3.pb, v0, v1, v2, v3, v4, v5, v6, v7);
         if (!first) {
           a += ld_out(qo3, d) * p3.corr;
         }
-        st_out(qo3, d, a);
+        st_out(qo3, d, scaled(a, f3));
       }
     }
     first = false;
   }
-  finish(r, h, i0, qo0, l0, m0, start, end, D4);
+  // a block without a real query never entered the loop: its queries are all pad, out = 0
+  if (first) {
+    let z = vec4<f32>(0.0);
+    for (var d = 0u; d < D4; d++) {
+      st_out(qo0, d, z);
+      if (live1) {
+        st_out(qo1, d, z);
+      }
+      if (live2) {
+        st_out(qo2, d, z);
+      }
+      if (live3) {
+        st_out(qo3, d, z);
+      }
+    }
+  }
+  let so = (r * H + h) * T;
+  lse[so + i0] = final_lse(l0, m0, i0, start, end);
   if (live1) {
-    finish(r, h, i1, qo1, l1, m1, start, end, D4);
+    lse[so + i1] = final_lse(l1, m1, i1, start, end);
   }
   if (live2) {
-    finish(r, h, i2, qo2, l2, m2, start, end, D4);
+    lse[so + i2] = final_lse(l2, m2, i2, start, end);
   }
   if (live3) {
-    finish(r, h, i3, qo3, l3, m3, start, end, D4);
+    lse[so + i3] = final_lse(l3, m3, i3, start, end);
   }
 }
 
-/** out_i ← out_i / l and lse_i = m + log l for a real query; out_i = 0, lse_i = 0 for a pad query */
-fn finish(r: u32, h: u32, i: u32, qo: u32, l: f32, m: f32, start: u32, end: u32, D4: u32) {
+/** how a key block stores a query's accumulator: as is before the last block, then × 1 / l (real) or 0 (pad) */
+struct Fin {
+  s: f32,
+  keep: bool,
+}
+
+fn final_scale(last: bool, l: f32, i: u32, start: u32, end: u32) -> Fin {
   let real = i >= start && i < end;
-  let inv = 1.0 / l;
-  for (var d = 0u; d < D4; d++) {
-    var x = vec4<f32>(0.0);
-    if (real) {
-      x = ld_out(qo, d) * inv;
-    }
-    st_out(qo, d, x);
-  }
-  lse[(r * dims.H + h) * dims.T + i] = select(0.0, m + log(l), real);
+  return Fin(select(1.0, 1.0 / l, last), real || !last);
+}
+
+/** select, not a product: a pad query's accumulator may hold anything */
+fn scaled(a: vec4<f32>, f: Fin) -> vec4<f32> {
+  return select(vec4<f32>(0.0), a * f.s, f.keep);
+}
+
+/** lse_i = m + log l for a real query, 0 for a pad query */
+fn final_lse(l: f32, m: f32, i: u32, start: u32, end: u32) -> f32 {
+  return select(0.0, m + log(l), i >= start && i < end);
 }

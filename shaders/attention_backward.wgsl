@@ -11,14 +11,17 @@
 // entries go through select, and the query/key indices a thread loads are clamped to real rows) and get dq = 0;
 // pad keys get dk = dv = 0.
 // Tiling as in the forward: 4 owned rows × 8 streamed rows in vec4 registers, the outputs double as accumulators
-// (read-modify-write per block), so Dh is unbounded; Dh % 4 ≠ 0 (ALIGNED = false) masks the last group of 4.
+// (read-modify-write per block), so Dh is unbounded. The head-row tensors are accessed in groups of 4 through a
+// prelude chosen by the launcher: attention_backward_io_vec4.wgsl (Dh % 4 == 0: one vec4 load/store per group) or
+// attention_backward_io_scalar.wgsl (four f32 accesses, the last group of a head masked); it declares bindings
+// 1..4, 7, 8 of dq_main/dkdv and 2, 3 of delta. stats is read as (lse, Δ) pairs: one load per query.
 //
 // Entry `delta`: stats[(r, h, i)] = (lse_i, Δ_i) for the other two (Δ_i = 0 at pad queries), one thread per
 // (r, h, i), idx = (r·H + h)·T + i folded into 2-D with 64 threads per group.
 //   0 dims     uniform           Dims
 //   1 stats    (rows, H, T, 2)   f32, read_write   =
-//   2 dout     (N, H, Dh)        f32, read
-//   3 out      (N, H, Dh)        f32, read         saved by the forward
+//   2 d_dout   (N, H, Dh)        f32, read
+//   3 d_out    (N, H, Dh)        f32, read         saved by the forward
 //   4 lse      (rows, H, T)      f32, read         saved by the forward
 //   5 lengths  (rows)            u32, read
 // Entries `dq` and `dkdv`, bindings 0..6 shared:
@@ -29,8 +32,11 @@
 //   4 dout     (N, H, Dh)        f32, read
 //   5 stats    (rows, H, T, 2)   f32, read   from `delta`
 //   6 lengths  (rows)            u32, read
-//   dq:   7 dq (N, H, Dh) f32, read_write =              grid (ceil(T / (4·WG)), H, rows)
-//   dkdv: 7 dk (N, KV, Dh), 8 dv (N, KV, Dh) f32, read_write =   grid (ceil(T / (4·WG)), KV, rows)
+//   dq:   7 dq (N, H, Dh) f32, read_write =                      grid (gx, H, gz)
+//   dkdv: 7 dk (N, KV, Dh), 8 dv (N, KV, Dh) f32, read_write =   grid (gx, KV, gz)
+// gx · gz ≥ ceil(rows · ceil(T/4) / WG) groups; flat thread t = (z·gx + x)·WG + lid.x owns rows (queries for dq,
+// keys for dkdv) 4·(t / rows) + 0..3 of row t % rows: rows vary fastest so that the lanes of a SIMD group walk
+// equally many blocks of the causal triangle (as in the forward).
 // Reference: src/reference/attention.ts attentionBackward
 
 struct Dims {
@@ -44,90 +50,12 @@ struct Dims {
 }
 
 @group(0) @binding(0) var<uniform> dims: Dims;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> dout: array<f32>;
-@group(0) @binding(5) var<storage, read> stats: array<f32>;
+@group(0) @binding(5) var<storage, read> stats: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read> lengths: array<u32>;
-@group(0) @binding(7) var<storage, read_write> dq: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dk: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dv: array<f32>;
+// q, k, v, dout, dq, dk, dv and their group-of-4 accessors ld_q, ld_k, ld_v, ld_do (o, d) and acc_dq, acc_dk,
+// acc_dv (o, d, x, acc) come from the prelude (o: the head row's first element, d: the group)
 
 override WG: u32 = 8u;
-/** Dh % 4 == 0: no masking of the last group of 4 */
-override ALIGNED: bool = true;
-
-/** which of the 4 elements of group d of a head are inside Dh */
-fn in_head(d: u32) -> vec4<bool> {
-  return vec4<u32>(4u * d) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(dims.Dh);
-}
-
-fn mask(d: u32, x: vec4<f32>) -> vec4<f32> {
-  return select(select(vec4<f32>(0.0), x, in_head(d)), x, ALIGNED);
-}
-
-// loads of elements 4d .. 4d+3 of the head row starting at element o; masked elements read as 0
-fn ld_q(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  return mask(d, vec4<f32>(q[e], q[e + 1u], q[e + 2u], q[e + 3u]));
-}
-
-fn ld_k(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  return mask(d, vec4<f32>(k[e], k[e + 1u], k[e + 2u], k[e + 3u]));
-}
-
-fn ld_v(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  return mask(d, vec4<f32>(v[e], v[e + 1u], v[e + 2u], v[e + 3u]));
-}
-
-fn ld_do(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  return mask(d, vec4<f32>(dout[e], dout[e + 1u], dout[e + 2u], dout[e + 3u]));
-}
-
-// accumulator rows: the first block stores (acc = false), later ones add; the tail group of an unaligned head
-// must not touch the next head's first elements
-fn acc_dq(o: u32, d: u32, x: vec4<f32>, acc: bool) {
-  let e = o + 4u * d;
-  let m = in_head(d) | vec4<bool>(ALIGNED);
-  var y = x;
-  if (acc) {
-    y += mask(d, vec4<f32>(dq[e], dq[e + 1u], dq[e + 2u], dq[e + 3u]));
-  }
-  dq[e] = y.x;
-  if (m.y) { dq[e + 1u] = y.y; }
-  if (m.z) { dq[e + 2u] = y.z; }
-  if (m.w) { dq[e + 3u] = y.w; }
-}
-
-fn acc_dk(o: u32, d: u32, x: vec4<f32>, acc: bool) {
-  let e = o + 4u * d;
-  let m = in_head(d) | vec4<bool>(ALIGNED);
-  var y = x;
-  if (acc) {
-    y += mask(d, vec4<f32>(dk[e], dk[e + 1u], dk[e + 2u], dk[e + 3u]));
-  }
-  dk[e] = y.x;
-  if (m.y) { dk[e + 1u] = y.y; }
-  if (m.z) { dk[e + 2u] = y.z; }
-  if (m.w) { dk[e + 3u] = y.w; }
-}
-
-fn acc_dv(o: u32, d: u32, x: vec4<f32>, acc: bool) {
-  let e = o + 4u * d;
-  let m = in_head(d) | vec4<bool>(ALIGNED);
-  var y = x;
-  if (acc) {
-    y += mask(d, vec4<f32>(dv[e], dv[e + 1u], dv[e + 2u], dv[e + 3u]));
-  }
-  dv[e] = y.x;
-  if (m.y) { dv[e + 1u] = y.y; }
-  if (m.z) { dv[e + 2u] = y.z; }
-  if (m.w) { dv[e + 3u] = y.w; }
-}
 
 /** (x·a, x·b, x·c, x·d): one row against 4 rows */
 fn dots(x: vec4<f32>, a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>) -> vec4<f32> {
@@ -179,17 +107,22 @@ fn grad8(
 // ---- entry dq ----------------------------------------------------------------------------------------------------
 
 @compute @workgroup_size(WG)
-fn dq_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn dq_main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
   let T = dims.T;
   let H = dims.H;
   let Dh = dims.Dh;
   let D4 = (Dh + 3u) / 4u;
   let h = wid.y;
-  let r = wid.z;
-  let ib = (wid.x * WG + lid.x) * 4u;
-  if (ib >= T) {
+  let t = (wid.z * nwg.x + wid.x) * WG + lid.x;
+  if (t >= dims.rows * ((T + 3u) / 4u)) {
     return;
   }
+  let r = t % dims.rows;
+  let ib = (t / dims.rows) * 4u;
   let len = lengths[r];
   let start = select(0u, T - len, dims.left != 0u);
   let end = start + len;
@@ -211,14 +144,19 @@ fn dq_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
   let qo2 = ((r * T + i2) * H + h) * Dh;
   let qo3 = ((r * T + i3) * H + h) * Dh;
   let so = (r * H + h) * T;
-  let l0 = vec4<f32>(stats[2u * (so + i0)]);
-  let l1 = vec4<f32>(stats[2u * (so + i1)]);
-  let l2 = vec4<f32>(stats[2u * (so + i2)]);
-  let l3 = vec4<f32>(stats[2u * (so + i3)]);
-  let x0 = vec4<f32>(stats[2u * (so + i0) + 1u]);
-  let x1 = vec4<f32>(stats[2u * (so + i1) + 1u]);
-  let x2 = vec4<f32>(stats[2u * (so + i2) + 1u]);
-  let x3 = vec4<f32>(stats[2u * (so + i3) + 1u]);
+  // (lse, Δ) of each query
+  let st0 = stats[so + i0];
+  let st1 = stats[so + i1];
+  let st2 = stats[so + i2];
+  let st3 = stats[so + i3];
+  let l0 = vec4<f32>(st0.x);
+  let l1 = vec4<f32>(st1.x);
+  let l2 = vec4<f32>(st2.x);
+  let l3 = vec4<f32>(st3.x);
+  let x0 = vec4<f32>(st0.y);
+  let x1 = vec4<f32>(st1.y);
+  let x2 = vec4<f32>(st2.y);
+  let x3 = vec4<f32>(st3.y);
   // key j0 + b is visible to query i iff b ≤ i − j0 and i is real; hi = −1 hides every key from a pad query
   let any_real = real0 || real1 || real2 || real3;
   let jmax = min(i3, end - 1u);
@@ -341,7 +279,11 @@ fn dq_main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
 // ---- entry dkdv --------------------------------------------------------------------------------------------------
 
 @compute @workgroup_size(WG)
-fn dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn dkdv(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
   let T = dims.T;
   let H = dims.H;
   let KV = dims.KV;
@@ -349,11 +291,12 @@ fn dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let D4 = (Dh + 3u) / 4u;
   let G = H / KV;
   let g = wid.y;
-  let r = wid.z;
-  let jb = (wid.x * WG + lid.x) * 4u;
-  if (jb >= T) {
+  let t = (wid.z * nwg.x + wid.x) * WG + lid.x;
+  if (t >= dims.rows * ((T + 3u) / 4u)) {
     return;
   }
+  let r = t % dims.rows;
+  let jb = (t / dims.rows) * 4u;
   let len = lengths[r];
   let start = select(0u, T - len, dims.left != 0u);
   let end = start + len;
@@ -392,18 +335,19 @@ fn dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let qo5 = qo0 + min(5u, iend - i0) * qstride;
       let qo6 = qo0 + min(6u, iend - i0) * qstride;
       let qo7 = qo0 + min(7u, iend - i0) * qstride;
-      let st0 = 2u * (so + i0);
-      let st1 = st0 + 2u * min(1u, iend - i0);
-      let st2 = st0 + 2u * min(2u, iend - i0);
-      let st3 = st0 + 2u * min(3u, iend - i0);
-      let st4 = st0 + 2u * min(4u, iend - i0);
-      let st5 = st0 + 2u * min(5u, iend - i0);
-      let st6 = st0 + 2u * min(6u, iend - i0);
-      let st7 = st0 + 2u * min(7u, iend - i0);
-      let la = vec4<f32>(stats[st0], stats[st1], stats[st2], stats[st3]);
-      let lb = vec4<f32>(stats[st4], stats[st5], stats[st6], stats[st7]);
-      let xa = vec4<f32>(stats[st0 + 1u], stats[st1 + 1u], stats[st2 + 1u], stats[st3 + 1u]);
-      let xb = vec4<f32>(stats[st4 + 1u], stats[st5 + 1u], stats[st6 + 1u], stats[st7 + 1u]);
+      // (lse, Δ) of each query
+      let st0 = stats[so + i0];
+      let st1 = stats[so + i0 + min(1u, iend - i0)];
+      let st2 = stats[so + i0 + min(2u, iend - i0)];
+      let st3 = stats[so + i0 + min(3u, iend - i0)];
+      let st4 = stats[so + i0 + min(4u, iend - i0)];
+      let st5 = stats[so + i0 + min(5u, iend - i0)];
+      let st6 = stats[so + i0 + min(6u, iend - i0)];
+      let st7 = stats[so + i0 + min(7u, iend - i0)];
+      let la = vec4<f32>(st0.x, st1.x, st2.x, st3.x);
+      let lb = vec4<f32>(st4.x, st5.x, st6.x, st7.x);
+      let xa = vec4<f32>(st0.y, st1.y, st2.y, st3.y);
+      let xb = vec4<f32>(st4.y, st5.y, st6.y, st7.y);
       // s<key><a: queries 0..3, b: queries 4..7> = k·q,  e<key><a, b> = v·dout
       var s0a = vec4<f32>(0.0);
       var s0b = vec4<f32>(0.0);
@@ -535,9 +479,8 @@ fn dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
 // ---- entry delta -------------------------------------------------------------------------------------------------
 
-@group(0) @binding(1) var<storage, read_write> d_stats: array<f32>;
-@group(0) @binding(2) var<storage, read> d_dout: array<f32>;
-@group(0) @binding(3) var<storage, read> d_out: array<f32>;
+// d_dout (2) and d_out (3) and their accessors ld_delta_do, ld_delta_out (o, d) come from the prelude
+@group(0) @binding(1) var<storage, read_write> d_stats: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read> d_lse: array<f32>;
 @group(0) @binding(5) var<storage, read> d_lengths: array<u32>;
 
@@ -552,6 +495,7 @@ fn delta(
   let T = dims.T;
   let H = dims.H;
   let Dh = dims.Dh;
+  let D4 = (Dh + 3u) / 4u;
   let idx = (wid.y * nwg.x + wid.x) * DWG + lid.x;
   if (idx >= dims.rows * H * T) {
     return;
@@ -564,10 +508,15 @@ fn delta(
   var s = 0.0;
   if (i >= start && i < start + len) {
     let o = ((r * T + i) * H + h) * Dh;
-    for (var d = 0u; d < Dh; d++) {
-      s += d_dout[o + d] * d_out[o + d];
+    // element by element in order (a masked tail adds exact zeros)
+    for (var d = 0u; d < D4; d++) {
+      let a = ld_delta_do(o, d);
+      let b = ld_delta_out(o, d);
+      s += a.x * b.x;
+      s += a.y * b.y;
+      s += a.z * b.z;
+      s += a.w * b.w;
     }
   }
-  d_stats[2u * idx] = d_lse[idx];
-  d_stats[2u * idx + 1u] = s;
+  d_stats[idx] = vec2<f32>(d_lse[idx], s);
 }

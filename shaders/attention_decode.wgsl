@@ -8,10 +8,15 @@
 // Three entry points, dispatched in this order by src/kernels/attention_decode.ts:
 //   scores   one thread per (r, h, j < Lk): s written for j < len_r      (Lk = max_r len_r this step)
 //   softmax  one thread per (r, h): s → p in place over j < len_r
-//   mix      one thread per (r, h, d < Dh): out written
+//   mix      one thread per (r, h, group d of 4 elements, d < D4 = ceil(Dh / 4)): out written
+// q, kc, vc and out are accessed in groups of 4 through a prelude chosen by the launcher:
+// attention_decode_io_vec4.wgsl (Dh % 4 == 0: one vec4 load/store per group, 4× fewer memory instructions) or
+// attention_decode_io_scalar.wgsl (four f32 accesses, the last group of a head masked). Each sum still runs
+// element by element in the order of the plain loop.
 // No causal mask is needed: every cached key precedes (or is) the query. The cache has no pad positions.
 //
-// Bindings (binding 0 is the uniform Dims {rows, H, KV, Dh, maxLen, Lk, scale} for every entry):
+// Bindings (binding 0 is the uniform Dims {rows, H, KV, Dh, maxLen, Lk, scale} for every entry; q, kc, out, vc
+// declared by the prelude):
 //   scores   1 s (rows, H, maxLen) f32 read_write =  scores of j < len_r
 //            2 q (rows, H, Dh) f32 read, after RoPE     3 kc (slots, KV, maxLen, Dh) f32 read, this layer's keys
 //            4 slots (rows) u32 read                    5 pos (rows) u32 read, position of this step's token
@@ -49,8 +54,7 @@ fn cache_at(slot: u32, h: u32, j: u32) -> u32 {
 // ---- scores ---------------------------------------------------------------------------------------
 
 @group(0) @binding(1) var<storage, read_write> s: array<f32>;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> kc: array<f32>;
+// 2 q, 3 kc and ld_q, ld_kc (o, d) come from the prelude
 @group(0) @binding(4) var<storage, read> slots: array<u32>;
 @group(0) @binding(5) var<storage, read> pos: array<u32>;
 
@@ -74,8 +78,14 @@ fn scores(
   let qo = (r * dims.H + h) * Dh;
   let ko = cache_at(slots[r], h, j);
   var acc = 0.0;
-  for (var d = 0u; d < Dh; d++) {
-    acc += q[qo + d] * kc[ko + d];
+  // element by element in order (a masked tail adds exact zeros)
+  for (var d = 0u; d < (Dh + 3u) / 4u; d++) {
+    let a = ld_q(qo, d);
+    let b = ld_kc(ko, d);
+    acc += a.x * b.x;
+    acc += a.y * b.y;
+    acc += a.z * b.z;
+    acc += a.w * b.w;
   }
   s[(r * dims.H + h) * dims.maxLen + j] = acc * dims.scale;
 }
@@ -115,9 +125,8 @@ fn softmax(
 
 // ---- mix ------------------------------------------------------------------------------------------
 
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+// 1 out, 3 vc and st_out (o, d, x), ld_vc (o, d) come from the prelude
 @group(0) @binding(2) var<storage, read> m_s: array<f32>;
-@group(0) @binding(3) var<storage, read> vc: array<f32>;
 @group(0) @binding(4) var<storage, read> m_slots: array<u32>;
 @group(0) @binding(5) var<storage, read> m_pos: array<u32>;
 
@@ -129,18 +138,20 @@ fn mix(
 ) {
   let idx = flat(wid, nwg, lid);
   let Dh = dims.Dh;
-  if (idx >= dims.rows * dims.H * Dh) {
+  let D4 = (Dh + 3u) / 4u;
+  if (idx >= dims.rows * dims.H * D4) {
     return;
   }
-  let d = idx % Dh;
-  let h = (idx / Dh) % dims.H;
-  let r = idx / Dh / dims.H;
+  let d = idx % D4;
+  let h = (idx / D4) % dims.H;
+  let r = idx / D4 / dims.H;
   let len = m_pos[r] + 1u;
   let so = (r * dims.H + h) * dims.maxLen;
-  let vo = cache_at(m_slots[r], h, 0u) + d;
-  var acc = 0.0;
+  let vo = cache_at(m_slots[r], h, 0u);
+  // one probability load feeds 4 elements
+  var acc = vec4<f32>(0.0);
   for (var j = 0u; j < len; j++) {
-    acc += m_s[so + j] * vc[vo + j * Dh];
+    acc += m_s[so + j] * ld_vc(vo + j * Dh, d);
   }
-  out[idx] = acc;
+  st_out((r * dims.H + h) * Dh, d, acc);
 }

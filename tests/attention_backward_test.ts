@@ -127,11 +127,12 @@ async function checkAgainstReference(
   }
 }
 
-Deno.test("attention backward dq, dk, dv match the reference within 1e-4 relative: rows [13, 7, 1], H=6 KV=2, Dh 10/16/18", async () => {
+Deno.test("attention backward dq, dk, dv match the reference within 1e-4 relative: rows [13, 7, 1], H=6 KV=2, Dh 7/10/16/18", async () => {
   const ctx = await GpuContext.create()
   try {
     for (const padSide of ["left", "right"] as const) {
-      for (const Dh of [10, 16, 18]) {
+      // 7, 10 and 18 take the masked (Dh % 4 ≠ 0) path, 16 the vec4 one
+      for (const Dh of [7, 10, 16, 18]) {
         await checkAgainstReference(ctx, { rows: 3, seqLen: 13, lengths: [13, 7, 1], padSide }, { H: 6, KV: 2, Dh }, Dh)
       }
     }
@@ -145,6 +146,18 @@ Deno.test("attention backward at T=97, Dh=128 and 130, H=4 KV=1 (4 heads summed 
   try {
     for (const [Dh, padSide] of [[128, "left"], [130, "right"]] as const) {
       await checkAgainstReference(ctx, { rows: 2, seqLen: 97, lengths: [97, 42], padSide }, { H: 4, KV: 1, Dh }, 5)
+    }
+  } finally {
+    ctx.destroy()
+  }
+})
+
+Deno.test("attention backward over 11 rows (T=21, mixed lengths; several rows share a SIMD group), Dh 8 and 9, within 1e-4", async () => {
+  const ctx = await GpuContext.create()
+  try {
+    const lengths = [21, 3, 17, 1, 21, 9, 12, 20, 5, 21, 14]
+    for (const [Dh, padSide] of [[8, "right"], [9, "left"], [8, "left"]] as const) {
+      await checkAgainstReference(ctx, { rows: 11, seqLen: 21, lengths, padSide }, { H: 4, KV: 2, Dh }, 40 + Dh)
     }
   } finally {
     ctx.destroy()

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict"
 import { GpuContext } from "../src/gpu/context.ts"
 import { attentionForward } from "../src/kernels/attention.ts"
+import { attentionDecode } from "../src/kernels/attention_decode.ts"
 import { lengthsU32, type RowLayout, rowStart } from "../src/reference/batch.ts"
 import { attentionForward as refAttention } from "../src/reference/attention.ts"
 import { Rng } from "../src/util/rng.ts"
@@ -57,12 +58,12 @@ async function check(
   return { out: relErr(out, ref.out), lse: relErr(lse, ref.lse), padOutZero }
 }
 
-Deno.test("attention out and lse match the reference within 1e-4 relative: rows [13, 7, 1], H=6 KV=2, Dh 10/16/18", async () => {
+Deno.test("attention out and lse match the reference within 1e-4 relative: rows [13, 7, 1], H=6 KV=2, Dh 7/10/16/18", async () => {
   const ctx = await GpuContext.create()
   try {
     for (const padSide of ["left", "right"] as const) {
-      // 10 and 18 take the masked (Dh % 4 ≠ 0) path, 16 the aligned one; T = 13 leaves a partial query block
-      for (const Dh of [10, 16, 18]) {
+      // 7, 10 and 18 take the masked (Dh % 4 ≠ 0) path, 16 the vec4 one; T = 13 leaves a partial query block
+      for (const Dh of [7, 10, 16, 18]) {
         const layout = { rows: 3, seqLen: 13, lengths: [13, 7, 1], padSide }
         const e = await check(ctx, layout, { H: 6, KV: 2, Dh }, Dh)
         console.log(
@@ -88,6 +89,74 @@ Deno.test("attention at T=97, Dh=128 and 130, H=4 KV=1, matches within 1e-4 rela
       )
       assert.ok(e.out <= 1e-4 && e.lse <= 1e-4, JSON.stringify(e))
       assert.ok(e.padOutZero)
+    }
+  } finally {
+    ctx.destroy()
+  }
+})
+
+Deno.test("attention over 11 rows (T=21, mixed lengths; several rows share a SIMD group), Dh 8 and 9, within 1e-4", async () => {
+  const ctx = await GpuContext.create()
+  try {
+    const lengths = [21, 3, 17, 1, 21, 9, 12, 20, 5, 21, 14]
+    for (const [Dh, padSide] of [[8, "right"], [9, "left"], [8, "left"]] as const) {
+      const e = await check(ctx, { rows: 11, seqLen: 21, lengths, padSide }, { H: 4, KV: 2, Dh }, 40 + Dh)
+      console.log(`attention 11 rows Dh=${Dh} ${padSide}: out ${e.out.toExponential(2)}, lse ${e.lse.toExponential(2)}`)
+      assert.ok(e.out <= 1e-4 && e.lse <= 1e-4, JSON.stringify(e))
+      assert.ok(e.padOutZero)
+    }
+  } finally {
+    ctx.destroy()
+  }
+})
+
+Deno.test("decode attention = the reference's last query of each row, Dh 16 (vec4) and 7 (masked), NaN around", async () => {
+  const ctx = await GpuContext.create()
+  try {
+    for (const Dh of [16, 7]) {
+      const H = 4, KV = 2, maxLen = 11, slotCount = 4
+      const pos = [10, 0, 6], slots = [3, 0, 2]
+      const rows = pos.length, T = maxLen
+      const rng = Rng.fromSeed(Dh)
+      const randn = (n: number) => Float32Array.from({ length: n }, () => rng.normal())
+      const q = randn(rows * T * H * Dh), k = randn(rows * T * KV * Dh), v = randn(rows * T * KV * Dh)
+      const layout = { rows, seqLen: T, lengths: pos.map((p) => p + 1), padSide: "right" as const }
+      const ref = refAttention(q, k, v, layout, { H, KV, Dh }).out
+      // cache (slotCount, KV, maxLen, Dh): row r's tokens 0..pos[r] in slot slots[r], NaN elsewhere (never read)
+      const kc = new Float32Array(slotCount * KV * maxLen * Dh).fill(NaN)
+      const vc = new Float32Array(kc.length).fill(NaN)
+      const qLast = new Float32Array(rows * H * Dh)
+      const want = new Float32Array(rows * H * Dh)
+      for (let r = 0; r < rows; r++) {
+        for (let j = 0; j <= pos[r]; j++) {
+          for (let g = 0; g < KV; g++) {
+            const from = ((r * T + j) * KV + g) * Dh, to = ((slots[r] * KV + g) * maxLen + j) * Dh
+            kc.set(k.subarray(from, from + Dh), to)
+            vc.set(v.subarray(from, from + Dh), to)
+          }
+        }
+        const o = (r * T + pos[r]) * H * Dh
+        qLast.set(q.subarray(o, o + H * Dh), r * H * Dh)
+        want.set(ref.subarray(o, o + H * Dh), r * H * Dh)
+      }
+      const up = (label: string, a: Float32Array | Uint32Array) => ctx.upload(label, a, "activations")
+      const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC
+      const bufs = {
+        out: ctx.buffer({ label: "out", size: rows * H * Dh * 4, usage, category: "activations" }),
+        scores: ctx.buffer({ label: "scores", size: rows * H * maxLen * 4, usage, category: "activations" }),
+        q: up("q", qLast),
+        kc: up("kc", kc),
+        vc: up("vc", vc),
+        slots: up("slots", Uint32Array.from(slots)),
+        pos: up("pos", Uint32Array.from(pos)),
+      }
+      const step = ctx.begin()
+      attentionDecode(step, bufs, { rows, H, KV, Dh, maxLen, slotCount, Lk: Math.max(...pos) + 1 })
+      const [ob] = await ctx.read([bufs.out], step)
+      for (const b of Object.values(bufs)) ctx.release(b)
+      const e = relErr(new Float32Array(ob).subarray(0, rows * H * Dh), want)
+      console.log(`decode attention Dh=${Dh}: out rel err ${e.toExponential(2)}`)
+      assert.ok(e <= 1e-4, `Dh=${Dh}: ${e}`)
     }
   } finally {
     ctx.destroy()

@@ -1,13 +1,28 @@
 /**
  * Launchers for shaders/attention.wgsl (causal grouped-query attention over packed padded rows) and
- * shaders/attention_backward.wgsl (its input gradients, deterministic: no float atomics).
+ * shaders/attention_backward.wgsl (its input gradients, deterministic: no float atomics). Each shader gets the
+ * prelude that binds its head-row tensors: vec4 arrays when Dh % 4 == 0 (one load per 4 elements; lavapipe pays
+ * per load instruction), else f32 arrays with the last group of 4 masked (`*_io_vec4.wgsl` / `*_io_scalar.wgsl`).
  * @module
  */
 import { GpuValidationError } from "../errors.ts"
-import type { Step } from "../gpu/context.ts"
+import type { GpuContext, Step } from "../gpu/context.ts"
 
 /** queries per thread in the shader (fixed: its 4 × 8 register tile is written out by hand) */
 const QUERIES_PER_THREAD = 4
+
+/**
+ * Workgroups (gx, heads, gz) for one thread per (row, block of 4 positions) and WG lanes per group: the flat group
+ * count folded into x and z under the per-dimension limit (the shaders index t = (z·gx + x)·WG + lid.x, row fastest).
+ */
+function blockGrid(
+  ctx: GpuContext,
+  dims: { rows: number; T: number; WG: number; heads: number },
+): [number, number, number] {
+  const groups = Math.ceil((dims.rows * Math.ceil(dims.T / QUERIES_PER_THREAD)) / dims.WG)
+  const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
+  return [gx, dims.heads, Math.ceil(groups / gx)]
+}
 
 /**
  * out (N, H, Dh) = softmax(q kᵀ / sqrt(Dh), causal, real keys of the same row) v and lse (rows, H, T), both
@@ -42,12 +57,12 @@ export function attentionForward(
   guard(!inputs.includes(buffers.out) && !inputs.includes(buffers.lse), "an output aliases an input")
   const ctx = step.ctx
   const max = ctx.limits.maxComputeWorkgroupsPerDimension
-  guard(H <= max && rows <= max, `H=${H} or rows=${rows} over ${max} workgroups`)
+  guard(H <= max, `H=${H} over ${max} workgroups`)
   const uniform = ctx.uniform([rows, T, H, KV, Dh, dims.padSide === "left" ? 1 : 0], [1 / Math.sqrt(Dh)])
   // lavapipe runs 8 lanes per SIMD group and measured fastest with one group per workgroup
   const WG = ctx.isSoftware ? 8 : 32
-  const constants = { WG, ALIGNED: Dh % 4 === 0 ? 1 : 0 }
-  step.dispatch(ctx.pipeline({ shader: "attention.wgsl", constants }), [
+  const preludes = [Dh % 4 === 0 ? "attention_io_vec4.wgsl" : "attention_io_scalar.wgsl"]
+  step.dispatch(ctx.pipeline({ shader: "attention.wgsl", preludes, constants: { WG } }), [
     uniform,
     buffers.out,
     buffers.lse,
@@ -55,7 +70,7 @@ export function attentionForward(
     buffers.k,
     buffers.v,
     buffers.lengths,
-  ], [Math.ceil(T / (QUERIES_PER_THREAD * WG)), H, rows])
+  ], blockGrid(ctx, { rows, T, WG, heads: H }))
 }
 
 /**
@@ -116,21 +131,22 @@ export function attentionBackward(
   guard(!outputs.some((b) => inputs.includes(b)), "an output aliases an input")
   const ctx = step.ctx
   const max = ctx.limits.maxComputeWorkgroupsPerDimension
-  guard(H <= max && rows <= max, `H=${H} or rows=${rows} over ${max} workgroups`)
+  guard(H <= max, `H=${H} over ${max} workgroups`)
   const uniform = ctx.uniform([rows, T, H, KV, Dh, dims.padSide === "left" ? 1 : 0], [1 / Math.sqrt(Dh)])
   const shader = "attention_backward.wgsl"
   // delta: one thread per (row, head, query), 64 per workgroup
   const groups = Math.ceil((rows * H * T) / 64)
   const gx = Math.min(groups, max)
-  step.dispatch(ctx.pipeline({ shader, entryPoint: "delta" }), [uniform, stats, dout, out, lse, lengths], [
+  const preludes = [Dh % 4 === 0 ? "attention_backward_io_vec4.wgsl" : "attention_backward_io_scalar.wgsl"]
+  const pipeline = (entryPoint: string, constants: Record<string, number> = {}) =>
+    ctx.pipeline({ shader, preludes, entryPoint, constants })
+  step.dispatch(pipeline("delta"), [uniform, stats, dout, out, lse, lengths], [
     gx,
     Math.ceil(groups / gx),
   ])
   // as the forward: one 8-lane SIMD group per workgroup on lavapipe
   const WG = ctx.isSoftware ? 8 : 32
-  const constants = { WG, ALIGNED: Dh % 4 === 0 ? 1 : 0 }
-  const blocks = Math.ceil(T / (QUERIES_PER_THREAD * WG))
   const shared = [uniform, q, k, v, dout, stats, lengths]
-  step.dispatch(ctx.pipeline({ shader, entryPoint: "dq_main", constants }), [...shared, dq], [blocks, H, rows])
-  step.dispatch(ctx.pipeline({ shader, entryPoint: "dkdv", constants }), [...shared, dk, dv], [blocks, KV, rows])
+  step.dispatch(pipeline("dq_main", { WG }), [...shared, dq], blockGrid(ctx, { rows, T, WG, heads: H }))
+  step.dispatch(pipeline("dkdv", { WG }), [...shared, dk, dv], blockGrid(ctx, { rows, T, WG, heads: KV }))
 }

@@ -72,9 +72,11 @@ export function attentionDecode(
     const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
     return [gx, Math.ceil(groups / gx)]
   }
-  const pipe = (entryPoint: string) => ctx.pipeline({ shader: "attention_decode.wgsl", entryPoint, constants: { WG } })
+  const preludes = [Dh % 4 === 0 ? "attention_decode_io_vec4.wgsl" : "attention_decode_io_scalar.wgsl"]
+  const pipe = (entryPoint: string) =>
+    ctx.pipeline({ shader: "attention_decode.wgsl", preludes, entryPoint, constants: { WG } })
   const { out, scores, q, kc, vc, slots, pos } = buffers
   step.dispatch(pipe("scores"), [uniform, scores, q, kc, slots, pos], grid(rows * H * Lk))
   step.dispatch(pipe("softmax"), [uniform, scores, pos], grid(rows * H))
-  step.dispatch(pipe("mix"), [uniform, out, scores, vc, slots, pos], grid(rows * H * Dh))
+  step.dispatch(pipe("mix"), [uniform, out, scores, vc, slots, pos], grid(rows * H * Math.ceil(Dh / 4)))
 }
