@@ -85,7 +85,7 @@ if (want("forward")) {
 
 if (want("train")) {
   const { GpuContext } = await import("../src/gpu/context.ts")
-  const { benchTrain } = await import("./train.ts")
+  const { benchTrain, MIN_ROW_EXAMPLES, TRAIN_BENCH_ROUNDS } = await import("./train.ts")
   const { uploadBase } = await import("../src/model/base_weights.ts")
   const { ensureDefaultModel } = await import("../src/model/default_model.ts")
   const { readLlamaConfig } = await import("../src/model/hf_config.ts")
@@ -93,24 +93,85 @@ if (want("train")) {
   const dir = await ensureDefaultModel()
   const base = await uploadBase(ctx, dir, await readLlamaConfig(dir), { load8bit: true })
   console.log(`\n## training, embedded model (int8 base), K adapters packed vs one after another (${ctx.description})`)
-  console.log("adapters alternate LoRA r=8 (q,k,v,o) and MixLoRA top-2 of 4 (q,v + gate/up/down); 24 examples each")
+  console.log(
+    "adapters alternate LoRA r=8 (q,k,v,o) and MixLoRA top-2 of 4 (q,v + gate/up/down); micro-batch 4, batch 8; " +
+      `max(48, ${MIN_ROW_EXAMPLES}/K) examples of 24–40 tokens each, 1 epoch; ` +
+      `each row the faster of ${TRAIN_BENCH_ROUNDS} runs (other processes: cores they kept busy during that run)`,
+  )
+  const loadavg = () =>
+    Deno.readTextFile("/proc/loadavg").then((t) => t.split(" ").slice(0, 3).join(" "), () => "unknown")
+  const loadBefore = await loadavg()
   const rows = await benchTrain(ctx, base)
+  console.log(
+    `(1/5/15-minute load average before ${loadBefore}, after ${await loadavg()}; ` +
+      `${navigator.hardwareConcurrency} cores)`,
+  )
   console.log(table(
-    ["K", "mode", "tokens/s", "seconds", "optimizer steps", "round trips / opt step", "peak device memory"],
+    [
+      "K",
+      "mode",
+      "examples / adapter",
+      "tokens/s",
+      "seconds",
+      "optimizer steps",
+      "round trips / opt step",
+      "peak device memory",
+      "other processes (cores)",
+    ],
     rows.map((r) => [
       String(r.K),
       r.mode,
+      String(r.examplesPerAdapter),
       r.tokensPerSecond.toFixed(0),
       r.seconds.toFixed(1),
       String(r.optimizerSteps),
       r.roundTripsPerOptimizerStep.toFixed(2),
       formatBytes(r.peakDeviceBytes),
+      r.otherCores === null ? "?" : r.otherCores.toFixed(2),
     ]),
   ))
+  console.log(
+    "\ndevice memory at the peak: base weights; adapter state = the adapters' arena blocks (parameters + gradients) " +
+      "+ optimizer (AdamW m, v); arena reserved = the adapter slabs (blocks in use + free room); activations, of " +
+      "which the activation pool holds a buffer per size class seen (held) and uses at most 'in use' at once",
+  )
+  console.log(table(
+    ["K", "mode", "base", "adapter blocks", "optimizer", "arena reserved", "activations", "pool held / in use", "peak"],
+    rows.map((r) => [
+      String(r.K),
+      r.mode,
+      formatBytes(r.peak.base),
+      formatBytes(r.peak.adapterBlocks),
+      formatBytes(r.peak.optimizer),
+      formatBytes(r.peak.arenaReserved),
+      formatBytes(r.peak.activations),
+      `${formatBytes(r.poolHeldBytes)} / ${formatBytes(r.poolPeakInUseBytes)}`,
+      formatBytes(r.peak.total),
+    ]),
+  ))
+  // one adapter's state by kind: K = 1 is one LoRA job, K = 2 adds one MixLoRA job
+  const state1 = rows.find((r) => r.K === 1)?.adapterStateBytes, state2 = rows.find((r) => r.K === 2)?.adapterStateBytes
+  if (state1 !== undefined && state2 !== undefined) {
+    console.log(
+      `one adapter's state (arena block + optimizer): LoRA ${formatBytes(state1)}, MixLoRA ${
+        formatBytes(state2 - state1)
+      }; the base: ${formatBytes(rows[0].peak.base)}`,
+    )
+  }
   for (const K of new Set(rows.map((r) => r.K))) {
     const p = rows.find((r) => r.K === K && r.mode === "packed")!,
       s = rows.find((r) => r.K === K && r.mode === "sequential")!
     console.log(`K=${K}: packed / sequential tokens/s = ${(p.tokensPerSecond / s.tokensPerSecond).toFixed(2)}×`)
+    // packed peak = base + K × (mean adapter state) + activations + the arena's free room (slabs are 2 × 4 MiB)
+    const a = p.adapterStateBytes / K, m = p.peak
+    const predicted = m.base + K * a + m.activations
+    console.log(
+      `K=${K}: packed peak ${formatBytes(m.total)} vs base + K × one adapter's state + activations = ${
+        formatBytes(m.base)
+      } + ${K} × ${formatBytes(a)} + ${formatBytes(m.activations)} (${4 * K}-row passes) = ${
+        formatBytes(predicted)
+      } (+ ${formatBytes(m.total - predicted)} arena room not in use); K × base = ${formatBytes(K * m.base)}`,
+    )
   }
   ctx.destroy()
 }
