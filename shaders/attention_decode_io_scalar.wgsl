@@ -10,15 +10,6 @@
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read> vc: array<f32>;
 
-/** which of the 4 elements of group d of a head are inside Dh */
-fn in_head(d: u32) -> vec4<bool> {
-  return vec4<u32>(4u * d) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(dims.Dh);
-}
-
-fn mask(d: u32, x: vec4<f32>) -> vec4<f32> {
-  return select(vec4<f32>(0.0), x, in_head(d));
-}
-
 // elements 4d .. 4d+3 of the head row starting at element o; masked elements read as 0
 fn ld_q(o: u32, d: u32) -> vec4<f32> {
   let e = o + 4u * d;

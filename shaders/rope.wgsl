@@ -45,6 +45,14 @@ override WG: u32 = 64u;
 /** rotate by −a: the backward */
 override INVERSE: bool = false;
 
+/** Position of token n of the batch, counted from its row's first real token (0 for left pads). */
+fn token_pos(n: u32) -> i32 {
+  let r = n / dims.T;
+  let t = n % dims.T;
+  let start = select(0u, dims.T - lengths[r], dims.left != 0u);
+  return max(i32(t) - i32(start), 0);
+}
+
 @compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -60,11 +68,7 @@ fn main(
   let i = idx % half;
   let head = (idx / half) % heads;
   let n = idx / half / heads;
-  let r = n / dims.T;
-  let t = n % dims.T;
-  let start = select(0u, dims.T - lengths[r], dims.left != 0u);
-  let pos = max(i32(t) - i32(start), 0);
-  let a = f32(pos) * dims.inv_freq[i / 4u][i % 4u];
+  let a = f32(token_pos(n)) * dims.inv_freq[i / 4u][i % 4u];
   let cs = rope_cos_sin(a);
   let c = cs.x;
   let s = select(cs.y, -cs.y, INVERSE);
@@ -105,11 +109,7 @@ fn main4(
   let i4 = idx % hq;
   let head = (idx / hq) % heads;
   let n = idx / hq / heads;
-  let r = n / dims.T;
-  let t = n % dims.T;
-  let start = select(0u, dims.T - lengths[r], dims.left != 0u);
-  let pos = max(i32(t) - i32(start), 0);
-  let a = f32(pos) * dims.inv_freq[i4];
+  let a = f32(token_pos(n)) * dims.inv_freq[i4];
   let c0 = rope_cos_sin(a.x);
   let c1 = rope_cos_sin(a.y);
   let c2 = rope_cos_sin(a.z);

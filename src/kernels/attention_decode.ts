@@ -72,7 +72,9 @@ export function attentionDecode(
     const gx = Math.min(groups, ctx.limits.maxComputeWorkgroupsPerDimension)
     return [gx, Math.ceil(groups / gx)]
   }
-  const preludes = [Dh % 4 === 0 ? "attention_decode_io_vec4.wgsl" : "attention_decode_io_scalar.wgsl"]
+  const preludes = Dh % 4 === 0
+    ? ["attention_decode_io_vec4.wgsl"]
+    : ["attention_mask4.wgsl", "attention_decode_io_scalar.wgsl"]
   const pipe = (entryPoint: string) =>
     ctx.pipeline({ shader: "attention_decode.wgsl", preludes, entryPoint, constants: { WG } })
   const { out, scores, q, kc, vc, slots, pos } = buffers

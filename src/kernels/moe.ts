@@ -561,6 +561,18 @@ export function mixloraFfnForward(
 
 // ---- backward --------------------------------------------------------------------------------------
 
+/** Batch-shaped buffers of the MixLoRA backward stages (see `mixloraSegmentsBackward`). */
+export interface MixloraBackwardIo {
+  readonly dy: GPUBuffer
+  readonly x: GPUBuffer
+  readonly dmix: GPUBuffer
+  readonly g0: GPUBuffer
+  readonly u0: GPUBuffer
+  readonly dg0: GPUBuffer
+  readonly du0: GPUBuffer
+  readonly lengths: GPUBuffer
+}
+
 /**
  * Adapter stages between the frozen dmix = dy W2 and dx = dg0 W1 + du0 W3 for every segment: bwd_experts (u2, h,
  * dg, du, dt1, dt3, dw), router (dlogits; aux gradient of segments with an `auxRow` of `aux` (rows, 1 + E) from
@@ -569,15 +581,7 @@ export function mixloraFfnForward(
  */
 export function mixloraSegmentsBackward(
   step: Step,
-  args: {
-    dy: GPUBuffer
-    x: GPUBuffer
-    dmix: GPUBuffer
-    g0: GPUBuffer
-    u0: GPUBuffer
-    dg0: GPUBuffer
-    du0: GPUBuffer
-    lengths: GPUBuffer
+  args: MixloraBackwardIo & {
     aux?: GPUBuffer | null
     saved: MixloraSavedBuffers
     scratch: MixloraScratch

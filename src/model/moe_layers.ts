@@ -8,6 +8,7 @@
 import type { BufferPool } from "../gpu/pool.ts"
 import type { Step } from "../gpu/context.ts"
 import {
+  type MixloraBackwardIo,
   mixloraKernelKey,
   type MixloraSavedBuffers,
   type MixloraScratch,
@@ -225,16 +226,7 @@ export function moeExpertsBackward(
   state: MoeState,
   layer: number,
   batch: BatchLayout,
-  io: {
-    dy: GPUBuffer
-    x: GPUBuffer
-    dmix: GPUBuffer
-    g0: GPUBuffer
-    u0: GPUBuffer
-    dg0: GPUBuffer
-    du0: GPUBuffer
-    lengths: GPUBuffer
-  },
+  io: MixloraBackwardIo,
 ): void {
   state.segments(layer, batch, { aux: true }).forEach((segs, k) => {
     const g = state.groups[k]
