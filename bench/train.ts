@@ -5,7 +5,9 @@
  *
  * Every row trains at least `MIN_ROW_EXAMPLES` examples (each adapter max(48, 192 / K)), a few seconds on
  * lavapipe, so that timer and scheduling noise stay small next to the row, and is run `TRAIN_BENCH_ROUNDS`
- * times (the fastest kept) because other processes on a shared machine only ever slow it down.
+ * times (the fastest kept) because other processes on a shared machine only ever slow it down; rounds alternate
+ * which mode runs first. K = 1 is the control: packed and sequential are the same work there, so its ratio shows
+ * the noise (0.93–1.02× in three runs).
  * @module
  */
 import { parseTrainConfig } from "../src/config/train_config.ts"
@@ -61,7 +63,7 @@ export interface MemoryBreakdown {
 }
 
 /** Runs of every row, the fastest kept (see `TrainBenchOptions.rounds`). */
-export const TRAIN_BENCH_ROUNDS = 2
+export const TRAIN_BENCH_ROUNDS = 4
 
 /** Examples every row trains at least (K adapters × examplesPerAdapter(K)). */
 export const MIN_ROW_EXAMPLES = 192
@@ -268,7 +270,10 @@ export async function benchTrain(
     releaseMatmulScratch(ctx)
     for (let round = 0; round < rounds; round++) {
       for (const K of Ks) {
-        for (const mode of ["packed", "sequential"] as const) {
+        // alternate which mode runs first, so that whatever the previous row left behind (heap, allocator,
+        // caches) does not favour one mode: with a fixed order K=1 measured 1.06–1.08× for identical work
+        const modes = round % 2 === 0 ? ["packed", "sequential"] as const : ["sequential", "packed"] as const
+        for (const mode of modes) {
           const row = await measureRow(ctx, base, K, mode, `${dir}/${round}-${mode}${K}`)
           const key = `${K} ${mode}`, kept = best.get(key)
           if (!kept || row.seconds < kept.seconds) best.set(key, row)
