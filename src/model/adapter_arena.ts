@@ -5,8 +5,10 @@
  * pointers, so the adapters have to share buffers). S-LoRA keeps its adapters in one unified pool for the same
  * reason.
  *
- * A slab holds `SLAB_FLOATS` floats (4 MiB of parameters + 4 MiB of gradients) or one adapter that is larger;
- * blocks are 64-float (256-byte) aligned, so every block can also be bound alone. Freed blocks merge with their
+ * A new slab holds `SLAB_FLOATS` floats (4 MiB of parameters + 4 MiB of gradients), or room for `SLAB_ADAPTERS`
+ * adapters of the size that opened it when they are larger, up to maxStorageBufferBindingSize: the kernels bind the
+ * range covering every segment's tensors of one projection, which must stay bindable. Blocks are 64-float
+ * (256-byte) aligned, so every block can also be bound alone. Freed blocks merge with their
  * neighbours; a slab with no blocks left is destroyed. Slabs never move or grow, so a buffer recorded in a
  * command buffer stays valid until its adapters are released.
  * @module
@@ -14,8 +16,10 @@
 import { GpuValidationError } from "../errors.ts"
 import type { GpuContext } from "../gpu/context.ts"
 
-/** Floats per slab (parameters; the gradient buffer has the same size). */
+/** Floats per slab (parameters; the gradient buffer has the same size), at least. */
 export const SLAB_FLOATS = 1 << 20
+/** Adapters of the opening adapter's size a larger slab has room for (so that big adapters can share dispatches). */
+export const SLAB_ADAPTERS = 4
 const ALIGN = 64
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST
@@ -54,7 +58,7 @@ export class AdapterArena {
       slab.used += length
       return block
     }
-    this.newSlab(label, Math.max(length, this.slabFloats))
+    this.newSlab(label, this.capacityFor(length))
     return this.alloc(label, length)
   }
 
@@ -78,6 +82,13 @@ export class AdapterArena {
       this.ctx.release(slab.grads)
       this.ctx.forgetBindGroups()
     }
+  }
+
+  /** Floats of a new slab opened by a block of `length` floats (see the module doc). */
+  capacityFor(length: number): number {
+    const limits = this.ctx.limits
+    const bindable = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4 / ALIGN) * ALIGN
+    return Math.max(length, Math.min(Math.max(this.slabFloats, SLAB_ADAPTERS * length), bindable))
   }
 
   /** Bytes of blocks in use, parameters and gradients. */
