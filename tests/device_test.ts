@@ -115,3 +115,43 @@ Deno.test("uniform and bind-group caches start over past their limit, only betwe
     ctx.destroy()
   }
 })
+
+Deno.test("step uniforms: the k-th of a step reuses one buffer step after step, values stay right, two open steps", async () => {
+  const ctx = await GpuContext.create()
+  try {
+    const ADD = `@group(0) @binding(0) var<uniform> u: vec4<u32>;
+@group(0) @binding(1) var<storage, read_write> x: array<u32>;
+@compute @workgroup_size(1) fn main() { x[0] = x[0] + u.x; }`
+    const pipeline = ctx.pipeline({ shader: "add_step_uniform", code: ADD })
+    const buf = ctx.upload("x", new Uint32Array([0]), "activations")
+    let want = 0
+    const seen: GPUBuffer[][] = []
+    // 6 steps of 3 uniforms whose values change every step (like per-step seeds), submitted without waiting
+    for (let s = 0; s < 6; s++) {
+      const step = ctx.begin()
+      const got: GPUBuffer[] = []
+      for (let k = 0; k < 3; k++) {
+        const u = ctx.stepUniform(step, new Uint32Array([100 * s + k + 1, 0, 0, 0]))
+        got.push(u)
+        step.dispatch(pipeline, [u, buf], [1])
+        want += 100 * s + k + 1
+      }
+      seen.push(got)
+      step.submit()
+    }
+    const [b] = await ctx.read([buf])
+    assert.equal(new Uint32Array(b)[0], want, "every step saw its own values")
+    for (const got of seen) assert.deepEqual(got, seen[0], "slot k is the same buffer in every step")
+    // two steps recorded at once: the second falls back to the content cache, both keep their values
+    const a1 = ctx.begin(), a2 = ctx.begin()
+    a1.dispatch(pipeline, [ctx.stepUniform(a1, new Uint32Array([7, 0, 0, 0])), buf], [1])
+    a2.dispatch(pipeline, [ctx.stepUniform(a2, new Uint32Array([11, 0, 0, 0])), buf], [1])
+    a1.dispatch(pipeline, [ctx.stepUniform(a1, new Uint32Array([13, 0, 0, 0])), buf], [1])
+    a2.submit()
+    a1.submit()
+    const [c] = await ctx.read([buf])
+    assert.equal(new Uint32Array(c)[0], want + 7 + 11 + 13)
+  } finally {
+    ctx.destroy()
+  }
+})

@@ -58,6 +58,8 @@ export class GpuContext {
   private readonly uniforms = new Map<string, GPUBuffer>()
   /** command buffers begun and not yet submitted */
   private openSteps = 0
+  /** `stepUniform` buffers by their index within a step, with the content last written */
+  private readonly uniformSlots: { buffer: GPUBuffer; content: string }[] = []
   /** entries of the uniform and bind-group caches past which they are dropped between steps */
   cacheLimit = 4096
   /** how often the caches were dropped (tests) */
@@ -293,6 +295,35 @@ export class GpuContext {
     return buf
   }
 
+  /**
+   * A uniform buffer for content that changes from step to step (e.g. per-step dropout seeds in a segment table):
+   * the k-th such uniform of a step reuses the k-th buffer of the previous steps, rewritten through the queue, so
+   * that no buffer or bind group is created per step. Safe because queue writes are ordered after the command
+   * buffers submitted before them; while another command buffer is being recorded its slots could be rewritten
+   * under it, so then this falls back to the content cache (`uniform`).
+   */
+  stepUniform(step: Step, words: Uint32Array<ArrayBuffer>): GPUBuffer {
+    if (this.openSteps > 1) return this.uniform(words)
+    const k = step.nextUniformSlot()
+    const size = Math.max(16, Math.ceil(words.byteLength / 16) * 16)
+    let slot = this.uniformSlots[k]
+    if (!slot || slot.buffer.size < size) {
+      slot?.buffer.destroy()
+      const buffer = this.device.createBuffer({
+        label: `step uniform ${k}`,
+        size,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      })
+      this.uniformSlots[k] = slot = { buffer, content: "" }
+    }
+    const key = words.join(",")
+    if (slot.content !== key) {
+      this.device.queue.writeBuffer(slot.buffer, 0, words)
+      slot.content = key
+    }
+    return slot.buffer
+  }
+
   private idOf(o: object): number {
     let id = this.ids.get(o)
     if (id === undefined) this.ids.set(o, id = this.nextId++)
@@ -412,6 +443,8 @@ export class GpuContext {
     this.tracked.clear()
     for (const u of this.uniforms.values()) u.destroy()
     this.uniforms.clear()
+    for (const u of this.uniformSlots) u.buffer.destroy()
+    this.uniformSlots.length = 0
     this.bindGroups.clear()
     this.pipelines.clear()
     this.device.destroy()
@@ -425,6 +458,7 @@ export class GpuContext {
 export class Step {
   private pass: GPUComputePassEncoder | null = null
   private submitted = false
+  private uniformSlot = 0
 
   constructor(readonly ctx: GpuContext, readonly encoder: GPUCommandEncoder, private readonly onSubmit = () => {}) {}
 
@@ -448,6 +482,11 @@ export class Step {
     this.pass.setBindGroup(0, this.ctx.bindGroup(pipeline, bindings))
     this.pass.dispatchWorkgroups(x, y, z)
     this.ctx.dispatches++
+  }
+
+  /** Index of this step's next `GpuContext.stepUniform`. */
+  nextUniformSlot(): number {
+    return this.uniformSlot++
   }
 
   /** Closes the compute pass (if open) so that copies can be recorded; returns the encoder. */

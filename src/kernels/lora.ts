@@ -274,7 +274,9 @@ function launch(
       words.set([T, layout?.padSide === "left" ? 1 : 0, s.row0 / T, 0], at + 12)
       t0 += s.N
     })
-    const uniform = ctx.uniform(words)
+    // per-step dropout seeds make the table change every training step: a step-slot uniform, not a new one
+    const seeded = chunk.some((s) => (s.dropout?.p ?? 0) > 0)
+    const uniform = seeded ? ctx.stepUniform(step, words) : ctx.uniform(words)
     const all: Record<string, Binding> = {
       // without a layout `lengths` is never read (left = 0): any read-only buffer of the call fills the binding
       lengths: layout?.lengths ?? buffers.x,

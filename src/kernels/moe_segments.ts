@@ -158,7 +158,10 @@ export function prepare(step: Step, segs: readonly MixloraSegment[], opts: { aux
       table.set(words(s, c0 + j, loc0), j * DIMS_WORDS)
       loc0 += s.dims.N
     })
-    chunks.push({ uniform: ctx.uniform(table), count: part.length, maxN: Math.max(...part.map((s) => s.dims.N)) })
+    // per-step seeds (dropout, jitter) change the table every training step: a step-slot uniform, not a new one
+    const seeded = part.some((s) => s.dims.dropout != null || (s.dims.jitter?.j ?? 0) > 0)
+    const uniform = seeded ? ctx.stepUniform(step, table) : ctx.uniform(table)
+    chunks.push({ uniform, count: part.length, maxN: Math.max(...part.map((s) => s.dims.N)) })
   }
   const need = (name: string, buf: GPUBuffer, floats: number) =>
     guard(buf.size >= floats * 4, `${name} holds ${buf.size} bytes, needs ${floats * 4}`)
