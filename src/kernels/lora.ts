@@ -15,10 +15,10 @@
  * table in the uniform. Dropout is regenerated on the device from (seed, stream, key, col) (src/reference/lora.ts),
  * so no mask is stored or uploaded and backward reuses the forward's mask. The key is the token's sequence within
  * its segment and its position in that sequence (maskRowKey; from the batch's `MaskLayout`: T, pad side and
- * lengths), not its batch row, so an adapter's masks are the same trained alone or packed with others. Parameter gradients accumulate (+=):
- * zero them at the start of an optimizer step (adapter_device.ts `zeroGrads`). Each output element is written by
- * one invocation of one segment with the same loop order as a lone adapter's, so packed results equal alone ones
- * bit for bit.
+ * lengths), not its batch row, so an adapter's masks are the same trained alone or packed with others. Parameter
+ * gradients accumulate (+=): zero them at the start of an optimizer step (adapter_device.ts `zeroGrads`). Each
+ * output element is written by one invocation of one segment with the same loop order as a lone adapter's, so
+ * packed results equal alone ones bit for bit.
  * @module
  */
 import { GpuValidationError } from "../errors.ts"
