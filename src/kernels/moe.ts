@@ -113,7 +113,7 @@ export interface MixloraSavedBuffers {
 export interface MixloraScratch {
   /** (3, N, S, F): h, dg, du */
   readonly hs: GPUBuffer
-  /** (3, N, S, R): u2, dt1, dt3 */
+  /** (3, N, S, R): w u2, dt1, dt3 */
   readonly dts: GPUBuffer
   /** (N, S) */
   readonly dw: GPUBuffer

@@ -85,10 +85,13 @@ export function bwdExperts(g: Gen, s: MoeKernelSpec): void {
       for (const q of range(0, nq)) g.p(`  u2_${m}_${q} = dims.scale * u2_${m}_${q};`)
       rankLoad(g, R, `t2_${m}`, "t", `2u * nsr + pr_${m} * ${R}u`)
     }
-    ifPair(g, m, "  ", () => rankStore(g, R, "dts", `pr_${m} * ${R}u`, (q) => down ? `u2_${m}_${q}` : g.zero, "    "))
+    g.p(`  let wp_${m} = wt[pr_${m}];`)
+    // dts row 0 holds w u2 (what dA2 uses, saving bwd_grads a wt load per list entry); dw below uses u2 itself
+    ifPair(g, m, "  ", () => {
+      rankStore(g, R, "dts", `pr_${m} * ${R}u`, (q) => down ? `wp_${m} * u2_${m}_${q}` : g.zero, "    ")
+    })
     if (gate) rankLoad(g, R, `t1v_${m}`, "t", `pr_${m} * ${R}u`)
     if (up) rankLoad(g, R, `t3v_${m}`, "t", `nsr + pr_${m} * ${R}u`)
-    g.p(`  let wp_${m} = wt[pr_${m}];`)
     if (gate) g.p(`  ` + range(0, nq).map((q) => `var dt1_${m}_${q} = ${g.zero};`).join(" "))
     if (up) g.p(`  ` + range(0, nq).map((q) => `var dt3_${m}_${q} = ${g.zero};`).join(" "))
     if (down) g.p(`  let hr2_${m} = ${maskRow(2, `gi_${m}`)};`)
@@ -214,7 +217,10 @@ function gradB(g: Gen, s: MoeKernelSpec, p: string): void {
   }
 }
 
-/** dA_e (RB ranks × cols) += Σ_p dv[p, r0 ..] ⊗ (m ⊙ in[p, cols]); down: dv = w u2, in = h; gate / up: dt1 / dt3, x */
+/**
+ * dA_e (RB ranks × cols) += Σ_p dv[p, r0 ..] ⊗ (m ⊙ in[p, cols]); down: dv = w u2 (stored so by bwd_experts), in = h;
+ * gate / up: dt1 / dt3, x
+ */
 function gradA(g: Gen, s: MoeKernelSpec, p: string): void {
   const { R } = s
   const P = PROJ[p as keyof typeof PROJ]
@@ -226,7 +232,7 @@ function gradA(g: Gen, s: MoeKernelSpec, p: string): void {
   g.p(`    for (var c = 0u; c < cnt; c++) {`)
   g.p(`      let pr = list[lb + c];`)
   g.p(`      let gi = ${batchRow("pr")};`)
-  rankLoad(g, RB, "dv", "dts", `${P.dt} + pr * ${R}u + r0`, p === "d" ? "wt[pr] * " : "", "      ")
+  rankLoad(g, RB, "dv", "dts", `${P.dt} + pr * ${R}u + r0`, "", "      ")
   g.p(`      let hr = ${maskRow(P.k)};`)
   const src = (c: number) => p === "d" ? `hs[${ci(g, `pr * u_F + k_${c}`)}]` : `x[${ci(g, `gi * u_D + k_${c}`)}]`
   for (const c of range(0, nc)) g.p(`      let v_${c} = ${src(c)} * ${keep("hr", `k_${c}`)};`)
@@ -244,17 +250,24 @@ function gradA(g: Gen, s: MoeKernelSpec, p: string): void {
   }
 }
 
-/** dg0[gi] = Σ_j dg[p], du0[gi] = Σ_j du[p] (=), one token row per invocation */
+/**
+ * dg0[gi] = Σ_j dg[p], du0[gi] = Σ_j du[p] (=), one token row per invocation. The routed slots are read once
+ * into a bit mask (S ≤ MAX_E = 32), not once per column chunk: each storage load costs on lavapipe.
+ */
 function combine(g: Gen): void {
   g.p(`    let i = q * WG + l;`)
   g.p(`    if (i >= u_N) { return; }`)
   g.p(`    let bb = (u_row0 + i) * u_F;`)
+  g.p(`    var routed = 0u;`)
+  g.p(`    for (var j = 0u; j < u_S; j++) {`)
+  g.p(`      if (expert_of[(u_loc0 + i) * u_S + j] >= 0) { routed = routed | (1u << j); }`)
+  g.p(`    }`)
   g.p(`    for (var f = 0u; f < u_F; f += ${g.wu}) {`)
   g.p(`      var sg = ${g.zero};`)
   g.p(`      var su = ${g.zero};`)
   g.p(`      for (var j = 0u; j < u_S; j++) {`)
   g.p(`        let pr = (u_loc0 + i) * u_S + j;`)
-  g.p(`        if (expert_of[pr] >= 0) {`)
+  g.p(`        if ((routed & (1u << j)) != 0u) {`)
   g.p(`          sg = sg + hs[${ci(g, "nsf + pr * u_F + f")}];`)
   g.p(`          su = su + hs[${ci(g, "2u * nsf + pr * u_F + f")}];`)
   g.p(`        }`)

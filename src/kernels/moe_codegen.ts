@@ -15,12 +15,12 @@
  *   expand_down  token                   y += Σ_j w s B2 t2                    (+=, slot by slot)
  *   bwd_experts  TP entries of list[e]   u2 = s B2ᵀ dy; recompute g, u, h; dh = w dmix + w m2 ⊙ A2ᵀ u2;
  *                                        dg = dh u act'(g), du = dh act(g) → hs (h, dg, du); dt1 = s B1ᵀ dg,
- *                                        dt3 = s B3ᵀ du → dts (u2, dt1, dt3); dw = dmix · h + t2 · u2
+ *                                        dt3 = s B3ᵀ du → dts (w u2, dt1, dt3); dw = dmix · h + t2 · u2
  *   bwd_grads    segments (workgroups)   dB2, dA2, dB1, dA1, dB3, dA3 (+=) per expert over its list; dg0 = Σ_j dg,
  *                                        du0 = Σ_j du (=, one token per invocation); dG += Σ_i dlogits_i ⊗ (n ⊙ x_i)
  *   bwd_dx       token                   dx += Σ_j (m1 ⊙ A1ᵀ dt1 + m3 ⊙ A3ᵀ dt3) + n ⊙ Gᵀ dlogits   (+=)
  *
- * fwd_experts / bwd_experts walk the token list (moe_lists.wgsl) of expert e = z' TP = rowTile(R) entries per
+ * fwd_experts / bwd_experts walk the token list (moe_lists.wgsl) of expert e = z' TP = moeListTile(R) entries per
  * invocation: each chunk of the expert's A / B rows is loaded once for TP pairs (per-lane storage loads are what
  * costs on lavapipe), the pairs' rank-R vectors (t1, t3, u2 ...) stay in registers and every contraction over D
  * or F is one loop with an unrolled body. The gradient segments give each invocation a register tile of TC rows
