@@ -7,7 +7,7 @@
  * lavapipe, so that timer and scheduling noise stay small next to the row, and is run `TRAIN_BENCH_ROUNDS`
  * times (the fastest kept) because other processes on a shared machine only ever slow it down; rounds alternate
  * which mode runs first. K = 1 is the control: packed and sequential are the same work there, so its ratio shows
- * the noise (0.93–1.08× over six runs).
+ * the noise (0.93–1.10× over nine runs).
  * @module
  */
 import { parseTrainConfig } from "../src/config/train_config.ts"
