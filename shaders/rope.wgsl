@@ -72,19 +72,7 @@ fn main(
   let cs = rope_cos_sin(a);
   let c = cs.x;
   let s = select(cs.y, -cs.y, INVERSE);
-  if (head < dims.H) {
-    let o = (n * dims.H + head) * dims.Dh + i;
-    let x1 = q[o];
-    let x2 = q[o + half];
-    q[o] = x1 * c - x2 * s;
-    q[o + half] = x2 * c + x1 * s;
-  } else {
-    let o = (n * dims.KV + head - dims.H) * dims.Dh + i;
-    let x1 = k[o];
-    let x2 = k[o + half];
-    k[o] = x1 * c - x2 * s;
-    k[o + half] = x2 * c + x1 * s;
-  }
+  rope_rotate(n, head, i, c, s);
 }
 
 // ---- entry `main4` (Dh % 8 = 0): one thread per 4 consecutive pairs (i .. i + 3) of a head, q and k bound as vec4

@@ -13,3 +13,22 @@ fn rope_cos_sin(a: f32) -> vec2<f32> {
   let red = ((a - kk * C1) - kk * C2) - kk * C3;
   return vec2<f32>(cos(red), sin(red));
 }
+
+// Rotates pair (i, i + Dh/2) of head `head` of token n by the angle with cosine c and sine s: heads 0 .. H − 1 are
+// q's, H .. H + KV − 1 are k's. Uses the including shader's q, k (f32, read_write) and dims.H, dims.KV, dims.Dh.
+fn rope_rotate(n: u32, head: u32, i: u32, c: f32, s: f32) {
+  let half = dims.Dh / 2u;
+  if (head < dims.H) {
+    let o = (n * dims.H + head) * dims.Dh + i;
+    let x1 = q[o];
+    let x2 = q[o + half];
+    q[o] = x1 * c - x2 * s;
+    q[o + half] = x2 * c + x1 * s;
+  } else {
+    let o = (n * dims.KV + head - dims.H) * dims.Dh + i;
+    let x1 = k[o];
+    let x2 = k[o + half];
+    k[o] = x1 * c - x2 * s;
+    k[o + half] = x2 * c + x1 * s;
+  }
+}

@@ -52,17 +52,5 @@ fn main(
   let cs = rope_cos_sin(a);
   let c = cs.x;
   let s = cs.y;
-  if (head < dims.H) {
-    let o = (n * dims.H + head) * dims.Dh + i;
-    let x1 = q[o];
-    let x2 = q[o + half];
-    q[o] = x1 * c - x2 * s;
-    q[o + half] = x2 * c + x1 * s;
-  } else {
-    let o = (n * dims.KV + head - dims.H) * dims.Dh + i;
-    let x1 = k[o];
-    let x2 = k[o + half];
-    k[o] = x1 * c - x2 * s;
-    k[o + half] = x2 * c + x1 * s;
-  }
+  rope_rotate(n, head, i, c, s);
 }
