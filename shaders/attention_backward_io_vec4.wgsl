@@ -21,19 +21,6 @@
 @group(0) @binding(2) var<storage, read> d_dout: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> d_out: array<vec4<f32>>;
 
-// elements 4d .. 4d+3 of the head row starting at element o
-fn ld_q(o: u32, d: u32) -> vec4<f32> {
-  return q[(o >> 2u) + d];
-}
-
-fn ld_k(o: u32, d: u32) -> vec4<f32> {
-  return k[(o >> 2u) + d];
-}
-
-fn ld_v(o: u32, d: u32) -> vec4<f32> {
-  return v[(o >> 2u) + d];
-}
-
 fn ld_do(o: u32, d: u32) -> vec4<f32> {
   return dout[(o >> 2u) + d];
 }

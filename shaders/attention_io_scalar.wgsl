@@ -12,22 +12,6 @@
 @group(0) @binding(4) var<storage, read> k: array<f32>;
 @group(0) @binding(5) var<storage, read> v: array<f32>;
 
-// elements 4d .. 4d+3 of the head row starting at element o; masked elements read as 0
-fn ld_q(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  return mask(d, vec4<f32>(q[e], q[e + 1u], q[e + 2u], q[e + 3u]));
-}
-
-fn ld_k(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  return mask(d, vec4<f32>(k[e], k[e + 1u], k[e + 2u], k[e + 3u]));
-}
-
-fn ld_v(o: u32, d: u32) -> vec4<f32> {
-  let e = o + 4u * d;
-  return mask(d, vec4<f32>(v[e], v[e + 1u], v[e + 2u], v[e + 3u]));
-}
-
 fn ld_out(o: u32, d: u32) -> vec4<f32> {
   let e = o + 4u * d;
   return mask(d, vec4<f32>(out[e], out[e + 1u], out[e + 2u], out[e + 3u]));

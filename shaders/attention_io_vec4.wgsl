@@ -13,19 +13,6 @@
 @group(0) @binding(4) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> v: array<vec4<f32>>;
 
-// elements 4d .. 4d+3 of the head row starting at element o
-fn ld_q(o: u32, d: u32) -> vec4<f32> {
-  return q[(o >> 2u) + d];
-}
-
-fn ld_k(o: u32, d: u32) -> vec4<f32> {
-  return k[(o >> 2u) + d];
-}
-
-fn ld_v(o: u32, d: u32) -> vec4<f32> {
-  return v[(o >> 2u) + d];
-}
-
 fn ld_out(o: u32, d: u32) -> vec4<f32> {
   return out[(o >> 2u) + d];
 }

@@ -61,7 +61,9 @@ export function attentionForward(
   const uniform = ctx.uniform([rows, T, H, KV, Dh, dims.padSide === "left" ? 1 : 0], [1 / Math.sqrt(Dh)])
   // lavapipe runs 8 lanes per SIMD group and measured fastest with one group per workgroup
   const WG = ctx.isSoftware ? 8 : 32
-  const preludes = Dh % 4 === 0 ? ["attention_io_vec4.wgsl"] : ["attention_mask4.wgsl", "attention_io_scalar.wgsl"]
+  const preludes = Dh % 4 === 0
+    ? ["attention_io_vec4.wgsl", "attention_qkv_vec4.wgsl"]
+    : ["attention_mask4.wgsl", "attention_io_scalar.wgsl", "attention_qkv_scalar.wgsl"]
   step.dispatch(ctx.pipeline({ shader: "attention.wgsl", preludes, constants: { WG } }), [
     uniform,
     buffers.out,
@@ -138,8 +140,8 @@ export function attentionBackward(
   const groups = Math.ceil((rows * H * T) / 64)
   const gx = Math.min(groups, max)
   const preludes = Dh % 4 === 0
-    ? ["attention_backward_io_vec4.wgsl"]
-    : ["attention_mask4.wgsl", "attention_backward_io_scalar.wgsl"]
+    ? ["attention_backward_io_vec4.wgsl", "attention_qkv_vec4.wgsl"]
+    : ["attention_mask4.wgsl", "attention_backward_io_scalar.wgsl", "attention_qkv_scalar.wgsl"]
   const pipeline = (entryPoint: string, constants: Record<string, number> = {}) =>
     ctx.pipeline({ shader, preludes, entryPoint, constants })
   step.dispatch(pipeline("delta"), [uniform, stats, dout, out, lse, lengths], [
