@@ -15,7 +15,6 @@ import { cacheIndex, referenceKvWrite } from "../src/generate/kv_cache.ts"
 import { sampleTokenReference, type SamplingParams, samplingWords } from "../src/generate/sampling.ts"
 import type { AdapterSpec, AdapterWeights } from "../src/model/adapter.ts"
 import { type DeviceAdapter, uploadAdapter } from "../src/model/adapter_device.ts"
-import { initAdapter } from "../src/model/adapter_init.ts"
 import { uploadHostBase } from "../src/model/base_weights.ts"
 import { LlamaModel } from "../src/model/llama.ts"
 import { type LlamaWeights, PROJECTIONS } from "../src/model/types.ts"
@@ -27,6 +26,7 @@ import { referenceTrainForward } from "../src/reference/llama_train.ts"
 import { randomLlama, tinyLlamaConfig } from "../src/reference/random_model.ts"
 import { ropeForward as refRope } from "../src/reference/rope.ts"
 import { Rng } from "../src/util/rng.ts"
+import { randomAdapter as randomAdapterOf } from "./_fixtures.ts"
 
 const ctx = await GpuContext.create()
 const CONFIG = tinyLlamaConfig({
@@ -71,17 +71,8 @@ const moeSpec = (name: string, routing: "mixlora" | "switch" | "dynamic", capaci
   },
 })
 
-/** initAdapter, then B random (it is 0 at init) so that the adapter changes the output. */
-function randomAdapter(spec: AdapterSpec, seed: number): AdapterWeights {
-  const w = initAdapter(spec, CONFIG, Rng.fromSeed(seed))
-  const rng = Rng.fromSeed(seed + 1)
-  const fill = (a: Float32Array) => a.forEach((_, i) => (a[i] = rng.normal(0, 0.3)))
-  for (const l of w.layers) {
-    for (const p of Object.values(l.lora)) fill(p!.b)
-    for (const e of l.experts ?? []) for (const p of Object.values(e)) fill(p!.b)
-  }
-  return w
-}
+/** Non-trivial weights: B is 0 at init, so give it values too. */
+const randomAdapter = (spec: AdapterSpec, seed: number) => randomAdapterOf(spec, CONFIG, seed, 0.3)
 
 const ADAPTERS = {
   lora: randomAdapter(loraSpec, 10),

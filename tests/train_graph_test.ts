@@ -7,7 +7,6 @@ import assert from "node:assert/strict"
 import { GpuContext } from "../src/gpu/context.ts"
 import type { AdapterSpec, AdapterWeights } from "../src/model/adapter.ts"
 import { adapterRegion, downloadGrads, releaseAdapter, uploadAdapter } from "../src/model/adapter_device.ts"
-import { initAdapter } from "../src/model/adapter_init.ts"
 import { type AdapterRows, LoraSaved, MoeState } from "../src/model/adapter_layers.ts"
 import { uploadHostBase } from "../src/model/base_weights.ts"
 import { LlamaModel } from "../src/model/llama.ts"
@@ -18,6 +17,7 @@ import { packBatch } from "../src/reference/batch.ts"
 import { referenceTrainStep } from "../src/reference/llama_train.ts"
 import { randomLlama, tinyLlamaConfig } from "../src/reference/random_model.ts"
 import { Rng } from "../src/util/rng.ts"
+import { randomAdapter as randomAdapterOf } from "./_fixtures.ts"
 
 const ctx = await GpuContext.create()
 // odd sizes take the kernels' scalar paths; multiples of 4 (as real models) their 16-byte-load paths
@@ -72,16 +72,7 @@ const loraSpec: AdapterSpec = {
 }
 
 /** Non-trivial weights: B is 0 at init, so give it values too. */
-function randomAdapter(spec: AdapterSpec, seed: number): AdapterWeights {
-  const w = initAdapter(spec, CONFIG, Rng.fromSeed(seed))
-  const rng = Rng.fromSeed(seed + 1)
-  const fill = (a: Float32Array) => a.forEach((_, i) => (a[i] = rng.normal(0, 0.2)))
-  for (const l of w.layers) {
-    for (const p of Object.values(l.lora)) fill(p!.b)
-    for (const e of l.experts ?? []) for (const p of Object.values(e)) fill(p!.b)
-  }
-  return w
-}
+const randomAdapter = (spec: AdapterSpec, seed: number) => randomAdapterOf(spec, CONFIG, seed, 0.2)
 
 const dequantised = (w: LlamaWeights): LlamaWeights => ({
   ...w,
